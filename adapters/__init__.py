@@ -1,0 +1,1 @@
+"""Platform adapters: platform events -> core.Message; core.Reply -> platform calls."""

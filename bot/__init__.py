@@ -1,0 +1,1 @@
+"""The application shell: CLI, configuration, wiring, the HTTP server."""

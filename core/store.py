@@ -1,0 +1,184 @@
+"""MongoDB documents: messages, replies, conversations (with settings), users, audit log.
+
+Everything goes through PyMongo's native async API. Queries that read memories always carry
+the scope filter; the scope list comes from `core.privacy`, never from the caller's text.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timedelta
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from core.models import Message, Scope, utcnow
+
+# Processing states of a stored message (see core.pipeline).
+RECEIVED = "received"
+PROCESSING = "processing"
+DONE = "done"
+FAILED = "failed"
+
+_ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"
+
+
+def new_id(prefix: str = "m") -> str:
+    """Short ids people can type (`/forget m7kq2x9ab`)."""
+    return prefix + "".join(secrets.choice(_ID_ALPHABET) for _ in range(9))
+
+
+def message_doc(message: Message, *, remember: bool) -> dict[str, Any]:
+    return {
+        "_id": new_id(),
+        "key": message.event_key,
+        "platform": message.platform,
+        "conversation_key": message.conversation_key,
+        "conversation_id": message.conversation_id,
+        "message_id": message.message_id,
+        "scope": message.scope.key,
+        "is_dm": message.is_dm,
+        "author_key": message.user_key,
+        "author_id": message.author_id,
+        "author_name": message.author_name,
+        "text": message.text,
+        "ts": message.ts,
+        "thread_id": message.thread_id,
+        "link": message.link,
+        "mentions_bot": message.mentions_bot,
+        "replies_to_bot": message.replies_to_bot,
+        "is_command": message.is_command,
+        "attachments": [
+            {"kind": a.kind, "filename": a.filename, "mime_type": a.mime_type, "size": a.size}
+            for a in message.attachments
+        ],
+        "media_text": None,
+        "media_kind": None,
+        "remember": remember,
+        "remembered": False,
+        "state": RECEIVED,
+        "lease_until": None,
+        "attempts": 0,
+        "created_at": utcnow(),
+    }
+
+
+class Store:
+    def __init__(self, client: AsyncMongoClient[dict[str, Any]], db_name: str = "mnemo") -> None:
+        self.client = client
+        self.db: AsyncDatabase[dict[str, Any]] = client[db_name]
+        self.messages = self.db["messages"]
+        self.replies = self.db["replies"]
+        self.conversations = self.db["conversations"]
+        self.users = self.db["users"]
+        self.audit = self.db["settings_audit"]
+
+    async def ensure_indexes(self) -> None:
+        await self.messages.create_index([("key", ASCENDING)], unique=True, name="event_key_unique")
+        await self.messages.create_index([("scope", ASCENDING), ("ts", DESCENDING)], name="scope_ts")
+        await self.messages.create_index([("author_key", ASCENDING), ("ts", DESCENDING)], name="author_ts")
+        await self.messages.create_index([("state", ASCENDING), ("lease_until", ASCENDING)], name="state_lease")
+        await self.messages.create_index([("conversation_key", ASCENDING), ("ts", DESCENDING)], name="conv_ts")
+        await self.replies.create_index([("message_key", ASCENDING)], name="reply_message")
+        await self.replies.create_index([("sent_ids", ASCENDING)], name="reply_sent_ids")
+        await self.audit.create_index([("conversation_key", ASCENDING), ("at", DESCENDING)], name="audit_conv")
+
+    async def ping(self) -> bool:
+        await self.db.command("ping")
+        return True
+
+    # -- messages -----------------------------------------------------------------------
+
+    async def insert_message(self, doc: dict[str, Any]) -> bool:
+        """Store a new message. False when its event key is already stored (redelivery)."""
+        for _ in range(3):
+            try:
+                await self.messages.insert_one(doc)
+                return True
+            except DuplicateKeyError as exc:
+                details = exc.details or {}
+                if "key" in (details.get("keyPattern") or {}) or "key" in str(exc):
+                    return False
+                doc["_id"] = new_id()  # an _id collision: try another id
+        raise RuntimeError("could not allocate a message id")
+
+    async def get_message(self, key: str) -> dict[str, Any] | None:
+        return await self.messages.find_one({"key": key})
+
+    async def claim(self, key: str, lease: timedelta) -> dict[str, Any] | None:
+        """Take a received (or lease-expired) message for processing; None if another
+        worker has it or it is finished."""
+        now = utcnow()
+        return await self.messages.find_one_and_update(
+            {
+                "key": key,
+                "$or": [
+                    {"state": RECEIVED},
+                    {"state": PROCESSING, "lease_until": {"$lt": now}},
+                ],
+            },
+            {"$set": {"state": PROCESSING, "lease_until": now + lease}, "$inc": {"attempts": 1}},
+            return_document=ReturnDocument.AFTER,
+        )
+
+    async def update_message(self, message_id: str, fields: dict[str, Any]) -> None:
+        await self.messages.update_one({"_id": message_id}, {"$set": fields})
+
+    async def finish(self, message_id: str, state: str, **fields: Any) -> None:
+        await self.messages.update_one(
+            {"_id": message_id}, {"$set": {"state": state, "lease_until": None, **fields}}
+        )
+
+    async def stale_messages(self, older_than: datetime, limit: int = 100) -> list[dict[str, Any]]:
+        """Messages a dead worker left behind: received long ago, or with an expired lease."""
+        cursor = self.messages.find(
+            {
+                "$or": [
+                    {"state": RECEIVED, "created_at": {"$lt": older_than}},
+                    {"state": PROCESSING, "lease_until": {"$lt": utcnow()}},
+                ]
+            }
+        ).sort("created_at", ASCENDING).limit(limit)
+        return [doc async for doc in cursor]
+
+    async def messages_by_ids(self, ids: list[str], scopes: list[Scope]) -> dict[str, dict[str, Any]]:
+        """Load memories by id, restricted to the allowed scopes (defence in depth)."""
+        if not ids or not scopes:
+            return {}
+        cursor = self.messages.find({"_id": {"$in": ids}, "scope": {"$in": [s.key for s in scopes]}})
+        return {doc["_id"]: doc async for doc in cursor}
+
+    async def recent_in_scope(
+        self, scope: Scope, conversation_key: str, limit: int, before: datetime | None = None
+    ) -> list[dict[str, Any]]:
+        query: dict[str, Any] = {"scope": scope.key, "conversation_key": conversation_key, "is_command": False}
+        if before is not None:
+            query["ts"] = {"$lt": before}
+        cursor = self.messages.find(query).sort("ts", DESCENDING).limit(limit)
+        docs = [doc async for doc in cursor]
+        docs.reverse()
+        return docs
+
+    # -- replies ------------------------------------------------------------------------
+
+    async def insert_reply(self, doc: dict[str, Any]) -> None:
+        await self.replies.insert_one({"_id": new_id("r"), "ts": utcnow(), **doc})
+
+    async def is_bot_message(self, conversation_key: str, platform_message_id: str) -> bool:
+        found = await self.replies.find_one(
+            {"conversation_key": conversation_key, "sent_ids": platform_message_id}, {"_id": 1}
+        )
+        return found is not None
+
+    # -- users --------------------------------------------------------------------------
+
+    async def get_user(self, user_key: str) -> dict[str, Any]:
+        return await self.users.find_one({"_id": user_key}) or {"_id": user_key, "opted_out": False}
+
+    async def set_opt_out(self, user_key: str, name: str, opted_out: bool) -> None:
+        await self.users.update_one(
+            {"_id": user_key}, {"$set": {"opted_out": opted_out, "name": name, "updated_at": utcnow()}},
+            upsert=True,
+        )

@@ -1,0 +1,140 @@
+"""A loopback OpenAI-compatible model server that litellm talks to over HTTP.
+
+It answers like a careful model would: it reads the numbered sources in the prompt and cites
+the one that best overlaps the question. Tests can script answers, make it fail (outage),
+and read every request it received.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from tests.fakes.server import ServerThread
+
+_SOURCE = re.compile(r"^\[(\d+)\] (.*)$", re.MULTILINE)
+_WORD = re.compile(r"\w+")
+_STOP = {"the", "a", "an", "is", "was", "what", "when", "who", "did", "does", "do", "my", "me", "you",
+         "i", "of", "to", "in", "on", "and", "for", "tell", "about", "your", "it", "that", "asks"}
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in _WORD.findall(text.lower()) if w not in _STOP and len(w) > 1}
+
+
+def grounded_answer(messages: list[dict[str, Any]]) -> str:
+    """Pick the source sharing most words with the question; cite it."""
+    user = messages[-1]["content"] if messages else ""
+    if isinstance(user, list):
+        user = " ".join(part.get("text", "") for part in user if isinstance(part, dict))
+    question = user.rsplit(" asks: ", 1)[-1]
+    best: tuple[int, str, str] | None = None
+    for number, line in _SOURCE.findall(user):
+        overlap = len(_words(question) & _words(line))
+        if overlap and (best is None or overlap > best[0]):
+            best = (overlap, number, line)
+    if best is None:
+        return "I don't remember anything about that."
+    content = best[2].split(": ", 1)[-1]
+    return f"From what I remember: {content} [{best[1]}]"
+
+
+class FakeLLM:
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.fail = False  # answer 500s (an outage)
+        self.script: list[str] = []  # next answers, in order, before falling back to grounded answers
+        self.responder: Callable[[list[dict[str, Any]]], str] = grounded_answer
+        self.delay_s = 0.0
+        self.transcript = "this is a transcript"
+        self._lock = threading.Lock()
+        self._thread = ServerThread(self._app)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> FakeLLM:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._thread.stop()
+
+    @property
+    def api_base(self) -> str:
+        return f"{self._thread.url}/v1"
+
+    def env(self, model: str = "openai/fake-model") -> dict[str, str]:
+        return {"MNEMO_MODEL": model, "MNEMO_LLM_API_BASE": self.api_base, "MNEMO_LLM_API_KEY": "sk-test"}
+
+    def chat_requests(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [r for r in self.requests if r.get("_path", "").endswith("chat/completions")]
+
+    def all_prompt_text(self) -> str:
+        return "\n".join(json.dumps(r.get("messages", []), ensure_ascii=False) for r in self.chat_requests())
+
+    # -- HTTP ---------------------------------------------------------------------------
+
+    def _app(self) -> web.Application:
+        app = web.Application(client_max_size=50 * 1024 * 1024)
+        for prefix in ("", "/v1"):
+            app.router.add_post(f"{prefix}/chat/completions", self._chat)
+            app.router.add_post(f"{prefix}/embeddings", self._embeddings)
+            app.router.add_post(f"{prefix}/audio/transcriptions", self._transcribe)
+        return app
+
+    async def _chat(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        body["_path"] = request.path
+        with self._lock:
+            self.requests.append(body)
+            fail = self.fail
+            scripted = self.script.pop(0) if self.script else None
+        if self.delay_s:
+            import asyncio
+
+            await asyncio.sleep(self.delay_s)
+        if fail:
+            return web.json_response({"error": {"message": "upstream overloaded", "type": "server_error"}}, status=500)
+        content = scripted if scripted is not None else self.responder(body.get("messages", []))
+        return web.json_response(
+            {
+                "id": f"chatcmpl-{len(self.requests)}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model", "fake-model"),
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+                ],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
+            }
+        )
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        body["_path"] = request.path
+        with self._lock:
+            self.requests.append(body)
+        inputs = body.get("input") or []
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        data = []
+        for i, text in enumerate(inputs):
+            vector = [0.0] * 64
+            for word in _words(str(text)):
+                vector[hash(word) % 64] += 1.0
+            data.append({"object": "embedding", "index": i, "embedding": vector})
+        return web.json_response({"object": "list", "data": data, "model": body.get("model"),
+                                  "usage": {"prompt_tokens": 1, "total_tokens": 1}})
+
+    async def _transcribe(self, request: web.Request) -> web.Response:
+        reader = await request.post()
+        with self._lock:
+            self.requests.append({"_path": request.path, "model": reader.get("model")})
+        return web.json_response({"text": self.transcript})
