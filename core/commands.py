@@ -132,7 +132,8 @@ async def _forget(core: Core, message: Message, platform: Platform, args: str) -
     if not target:
         return Reply("Use /forget ID (ids are shown by /memory) or /forget all.", private=True, is_error=True)
     if target.lower() == "all":
-        count = await delete_where(core, {"author_key": message.user_key})
+        count = await delete_where(core, {"author_key": message.user_key, "is_command": False})
+        await delete_where(core, {"author_key": message.user_key, "key": {"$ne": message.event_key}})
         await core.store.replies.delete_many({"author_key": message.user_key})
         return Reply(f"Done: I forgot everything from you ({count} messages).", private=True)
     count = await delete_where(core, {"author_key": message.user_key, "_id": target})
