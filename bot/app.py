@@ -44,6 +44,7 @@ def core_config(settings: Settings) -> CoreConfig:
         vision_model=settings.vision_model,
         max_file_bytes=int(settings.max_file_mb * 1024 * 1024),
         max_audio_seconds=settings.max_audio_minutes * 60,
+        lease_seconds=settings.lease_seconds,
     )
 
 
@@ -125,7 +126,7 @@ async def run_platforms(settings: Settings) -> int:
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 if stopper in done:
-                    log.info("shutting down")
+                    log.info("shutting down: draining")
                     break
                 for task in done:
                     error = task.exception()
@@ -141,6 +142,9 @@ async def run_platforms(settings: Settings) -> int:
                 if exit_code:
                     break
         finally:
+            # Drain: webhooks answer 503 from now on (the platform retries on another
+            # worker), in-flight work gets MNEMO_DRAIN_SECONDS, the rest is handed back.
+            http.draining = True
             stopper.cancel()
             for adapter in adapters:
                 try:
@@ -150,6 +154,7 @@ async def run_platforms(settings: Settings) -> int:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, stopper, return_exceptions=True)
-            await core.runner.close(timeout=20)
+            await core.drain(timeout=settings.drain_seconds)
             await http.stop()
+            log.info("stopped")
         return exit_code

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
 
     http_host: str = Field("0.0.0.0", validation_alias="MNEMO_HTTP_HOST")
     http_port: int = Field(8080, ge=0, le=65535, validation_alias="MNEMO_HTTP_PORT")
+    lease_seconds: float = Field(120.0, ge=1, validation_alias="MNEMO_LEASE_SECONDS")
+    drain_seconds: float = Field(20.0, ge=0, validation_alias="MNEMO_DRAIN_SECONDS")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", validation_alias="MNEMO_LOG_LEVEL")
     log_format: Literal["text", "json"] = Field("text", validation_alias="MNEMO_LOG_FORMAT")
 

@@ -15,10 +15,25 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+_OPS_PATHS = ("/healthz", "/metrics")
+
+
+@web.middleware
+async def refuse_while_draining(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """During shutdown, platform webhooks get 503: the platform retries, and a load balancer
+    sends the retry to a worker that is still serving. /healthz and /metrics keep answering."""
+    if request.app["state"]["draining"] and request.path not in _OPS_PATHS:
+        return web.json_response({"error": "shutting down"}, status=503, headers={"Retry-After": "5"})
+    return await handler(request)
+
+
 def build_http_app(core: Core) -> web.Application:
-    app = web.Application(client_max_size=25 * 1024 * 1024)
+    app = web.Application(client_max_size=25 * 1024 * 1024, middlewares=[refuse_while_draining])
+    app["state"] = {"draining": False}  # a dict: the app is frozen once started, its contents are not
 
     async def healthz(request: web.Request) -> web.Response:
+        if app["state"]["draining"]:
+            return web.json_response({"status": "draining"}, status=503)
         checks = {}
         try:
             await asyncio.wait_for(core.store.ping(), 5)
@@ -48,6 +63,14 @@ class HttpServer:
         self.host = host
         self.port = port
         self._runner: web.AppRunner | None = None
+
+    @property
+    def draining(self) -> bool:
+        return bool(self.app["state"]["draining"])
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self.app["state"]["draining"] = value
 
     def add_route(self, method: str, path: str, handler: Handler) -> None:
         self.app.router.add_route(method, path, handler)

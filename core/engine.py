@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
+import secrets
+import socket
 import time
 from datetime import timedelta
 from typing import Any
@@ -32,6 +35,15 @@ log = logging.getLogger(__name__)
 _MENTION = re.compile(r"(<@[!&]?\w+>|@\w+)")
 MODEL_DOWN = "I couldn't reach the model; your message is saved. Please ask again in a moment."
 EMPTY = "Your message was empty. Send me some text, a voice note or an image."
+INTERRUPTED = (
+    "I was interrupted while sending my answer to this message. If it didn't reach you, please ask "
+    "again; your message is saved."
+)
+GAVE_UP = "I couldn't finish answering this message after several tries. It is saved; please ask again."
+# Series that exist from the start, so dashboards and alerts see zeros rather than gaps.
+_COUNTERS = ("mnemo_messages_in_total", "mnemo_replies_out_total", "mnemo_duplicates_total",
+             "mnemo_model_errors_total", "mnemo_send_failures_total", "mnemo_recovered_total",
+             "mnemo_rate_limit_waits_total", "mnemo_rate_limit_wait_seconds_total")
 
 
 class Core:
@@ -52,7 +64,17 @@ class Core:
         self.platforms: dict[str, Platform] = {}
         self.runner = OrderedRunner()
         self.metrics = Metrics()
-        self._loops: list[asyncio.Task[None]] = []
+        for name in _COUNTERS:
+            self.metrics.inc(name, 0)
+        # Which worker holds a message (MongoDB `owner`): workers share nothing but the stores.
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.draining = False
+        self._loops: list[asyncio.Task[None]] = []  # loops that take work: stopped first when draining
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    @property
+    def lease(self) -> timedelta:
+        return timedelta(seconds=self.config.lease_seconds)
 
     def register(self, platform: Platform) -> None:
         self.platforms[platform.name] = platform
@@ -61,18 +83,49 @@ class Core:
 
     async def start(self, background: bool = True) -> None:
         await self.store.ensure_indexes()
+        # The heartbeat renews the leases of every message this worker holds; a worker that
+        # dies stops renewing, and after one lease another worker adopts its messages.
+        self._heartbeat = asyncio.create_task(
+            self._every(self.config.lease_seconds / 3, self.renew_leases), name="heartbeat"
+        )
         if background:
             self._loops.append(asyncio.create_task(self._every(3600, self.enforce_retention), name="retention"))
             self._loops.append(
                 asyncio.create_task(self._every(self.config.lease_seconds / 2, self.recover_stale), name="recovery")
             )
 
-    async def close(self, timeout: float = 30.0) -> None:
+    async def drain(self, timeout: float = 30.0) -> None:
+        """Graceful shutdown: take no new work, let in-flight work finish within `timeout`,
+        then hand back whatever is left so another worker answers it at once."""
+        self.draining = True
+        self.metrics.gauge("mnemo_draining", 1)
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
+        self._loops.clear()
         await self.runner.close(timeout)
+        try:
+            released = await self.store.release(self.worker_id)
+            if released:
+                log.info("handed back %d unfinished messages", released)
+        except Exception as exc:  # noqa: BLE001 - their leases expire anyway; another worker adopts them
+            log.warning("could not hand back unfinished messages: %s", type(exc).__name__)
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+            self._heartbeat = None
+
+    async def close(self, timeout: float = 30.0) -> None:
+        await self.drain(timeout)
         await self.media.close()
+
+    async def renew_leases(self) -> None:
+        await self.store.renew_leases(self.worker_id, self.lease)
+
+    def note_rate_limit(self, platform: str, seconds: float) -> None:
+        """Adapters call this when a platform says 429 and they wait `seconds` before retrying."""
+        self.metrics.inc("mnemo_rate_limit_waits_total", platform=platform)
+        self.metrics.inc("mnemo_rate_limit_wait_seconds_total", seconds, platform=platform)
 
     async def _every(self, seconds: float, job: Any) -> None:
         while True:
@@ -93,14 +146,25 @@ class Core:
         if message.edited:
             await self.apply_edit(message)
             return None
+        if not message.text.strip() and not message.attachments:
+            # Nothing to store; say so where someone is talking to us.
+            if message.is_dm or message.mentions_bot or message.is_command:
+                platform = self.platforms.get(message.platform)
+                if platform is not None:
+                    await platform.send_reply(message, Reply(EMPTY, is_error=True))
+            return None
         command = commands.parse(message.text)
         if command is not None and command.name in commands.CONTROL:
             message.is_command = True
         doc = message_doc(message, remember=not message.is_command)
+        doc.update(owner=self.worker_id, lease_until=utcnow() + self.lease)
         if not await self.store.insert_message(doc):
+            # The unique event key in MongoDB decides, whichever worker the redelivery reached.
             self.metrics.inc("mnemo_duplicates_total", platform=message.platform)
             log.info("duplicate event ignored: %s", message.event_key)
             return None
+        if self.draining:
+            return None  # stored, not queued: handed back at the end of the drain
         self.metrics.gauge("mnemo_queue_depth", self.runner.pending + 1)
         started = time.monotonic()
 
@@ -116,16 +180,33 @@ class Core:
         if future is not None:
             await future
 
+    async def ingest_history(self, entries: list[tuple[Message, list[MediaText]]]) -> int:
+        """Bulk import of past messages with their already-read media text: stored and
+        remembered exactly as the pipeline does, in batches, without replying."""
+        from core.memory.ingest import ingest_history
+
+        return await ingest_history(self, entries)
+
     # -- processing ---------------------------------------------------------------------
 
     async def process(self, message: Message) -> None:
-        doc = await self.store.claim(message.event_key, timedelta(seconds=self.config.lease_seconds))
-        if doc is None:
-            return  # another worker has it, or it is finished
         platform = self.platforms.get(message.platform)
         if platform is None:
             log.error("no adapter registered for %s", message.platform)
             return
+        doc = await self.store.claim(message.event_key, self.worker_id)
+        if doc is None:
+            return  # finished, or another worker adopted it
+        if doc.get("interrupted_send"):
+            # A worker died while sending the answer: it may have arrived. Sending it again
+            # could answer twice, so the message is failed with a reply instead.
+            await self._deliver(message, doc, platform, Reply(INTERRUPTED, is_error=True), state=FAILED)
+            return
+        if doc["attempts"] > self.config.max_attempts:
+            log.warning("message %s failed after %d attempts", doc["_id"], doc["attempts"] - 1)
+            await self._deliver(message, doc, platform, Reply(GAVE_UP, is_error=True), state=FAILED)
+            return
+        await self._wait_for_earlier(doc)
         try:
             reply = await self._work(message, doc, platform)
         except Exception:
@@ -134,9 +215,23 @@ class Core:
             await self._deliver(message, doc, platform, reply, state=FAILED)
             return
         if reply is None:
-            await self.store.finish(doc["_id"], DONE, answered=False)
+            await self.store.finish(doc["_id"], DONE, owner=self.worker_id, answered=False)
         else:
             await self._deliver(message, doc, platform, reply)
+
+    async def _wait_for_earlier(self, doc: dict[str, Any]) -> None:
+        """Per-conversation order across workers: while an earlier message of this conversation
+        is pending on any worker, wait (bounded: a dead holder's messages are adopted within
+        about 1.5 leases)."""
+        deadline = time.monotonic() + 2 * self.config.lease_seconds
+        pause = 0.02
+        while await self.store.earlier_pending(doc):
+            if time.monotonic() > deadline:
+                log.warning("an earlier message of %s is still pending; answering %s out of order",
+                            doc["conversation_key"], doc["_id"])
+                return
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.5)
 
     async def _work(self, message: Message, doc: dict[str, Any], platform: Platform) -> Reply | None:
         command = commands.parse(message.text)
@@ -281,12 +376,16 @@ class Core:
             platform=message.platform, is_dm=message.is_dm, persona=settings.persona, now=utcnow(),
         )
         platform = self.platforms[message.platform]
+        started = time.monotonic()
         try:
             async with platform.typing(message):
                 raw = await self.answerer.complete(prompt, reasoning=reasoning)
         except ModelUnavailable:
             self.metrics.inc("mnemo_model_errors_total")
             return Reply(MODEL_DOWN, is_error=True)
+        finally:
+            self.metrics.observe("mnemo_model_seconds", time.monotonic() - started,
+                                 mode="reasoning" if reasoning else "fast")
         text, footnotes = cite(raw, sources, keep_markers=settings.citations == "on")
         return Reply(text, footnotes)
 
@@ -295,6 +394,10 @@ class Core:
     async def _deliver(
         self, message: Message, doc: dict[str, Any], platform: Platform, reply: Reply, state: str = DONE
     ) -> None:
+        if not await self.store.mark_sending(doc["_id"], self.worker_id):
+            # Fencing: this worker stalled past its lease and another adopted the message.
+            log.warning("message %s was adopted by another worker; not sending", doc["_id"])
+            return
         sent: list[str] | None = None
         for attempt in range(4):
             try:
@@ -305,7 +408,7 @@ class Core:
                 await asyncio.sleep(min(2**attempt, 10))
         if sent is None:
             self.metrics.inc("mnemo_send_failures_total", platform=message.platform)
-            await self.store.finish(doc["_id"], FAILED, answered=False)
+            await self.store.finish(doc["_id"], FAILED, owner=self.worker_id, answered=False)
             return
         self.metrics.inc("mnemo_replies_out_total", platform=message.platform)
         await self.store.insert_reply(
@@ -322,7 +425,7 @@ class Core:
                 "sent_ids": sent,
             }
         )
-        await self.store.finish(doc["_id"], state, answered=True)
+        await self.store.finish(doc["_id"], state, owner=self.worker_id, answered=True)
 
     # -- edits, migration, retention, recovery ------------------------------------------
 
@@ -367,16 +470,20 @@ class Core:
         return removed
 
     async def recover_stale(self) -> int:
-        """Process messages a crashed worker left behind (received or lease-expired)."""
-        older = utcnow() - timedelta(seconds=self.config.lease_seconds)
-        recovered = 0
-        for found in await self.store.stale_messages(older):
-            if found["platform"] not in self.platforms:
-                continue
+        """Adopt and process messages whose holder stopped renewing their lease (a crashed or
+        killed worker, or one that handed them back on shutdown). Returns how many."""
+        if self.draining or not self.platforms:
+            return 0
+        adopted = await self.store.adopt_stale(self.worker_id, self.lease, list(self.platforms))
+        for found in adopted:
             message = message_from_doc(found)
-            self.runner.submit(message.conversation_key, lambda m=message: self.process(m))
-            recovered += 1
-        return recovered
+            # Their own queue key: a newer message of the conversation already queued here
+            # waits for these (see _wait_for_earlier) instead of blocking them.
+            self.runner.submit(f"recovered:{message.conversation_key}", lambda m=message: self.process(m))
+        if adopted:
+            self.metrics.inc("mnemo_recovered_total", len(adopted))
+            log.info("adopted %d pending messages from stopped workers", len(adopted))
+        return len(adopted)
 
 
 def memory_text(text: str, media: list[MediaText]) -> str:

@@ -19,8 +19,10 @@ from core.models import Message, Scope, utcnow
 # Processing states of a stored message (see core.pipeline).
 RECEIVED = "received"
 PROCESSING = "processing"
+SENDING = "sending"  # the reply is going out: a crash here may have delivered it already
 DONE = "done"
 FAILED = "failed"
+PENDING = [RECEIVED, PROCESSING, SENDING]
 
 _ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"
 
@@ -59,7 +61,8 @@ def message_doc(message: Message, *, remember: bool) -> dict[str, Any]:
         "remember": remember,
         "remembered": False,
         "state": RECEIVED,
-        "lease_until": None,
+        "lease_until": None,  # set with `owner` when a worker queues it (Core.submit)
+        "owner": None,
         "attempts": 0,
         "created_at": utcnow(),
     }
@@ -107,41 +110,88 @@ class Store:
     async def get_message(self, key: str) -> dict[str, Any] | None:
         return await self.messages.find_one({"key": key})
 
-    async def claim(self, key: str, lease: timedelta) -> dict[str, Any] | None:
-        """Take a received (or lease-expired) message for processing; None if another
-        worker has it or it is finished."""
-        now = utcnow()
+    async def claim(self, key: str, owner: str) -> dict[str, Any] | None:
+        """Start processing a received message this worker owns. None when it is finished,
+        already being processed, or another worker adopted it (see `adopt_stale`)."""
         return await self.messages.find_one_and_update(
-            {
-                "key": key,
-                "$or": [
-                    {"state": RECEIVED},
-                    {"state": PROCESSING, "lease_until": {"$lt": now}},
-                ],
-            },
-            {"$set": {"state": PROCESSING, "lease_until": now + lease}, "$inc": {"attempts": 1}},
+            {"key": key, "owner": owner, "state": RECEIVED},
+            {"$set": {"state": PROCESSING}, "$inc": {"attempts": 1}},
             return_document=ReturnDocument.AFTER,
         )
+
+    async def mark_sending(self, message_id: str, owner: str) -> bool:
+        """Fence before the reply goes out: only the current owner may send it."""
+        result = await self.messages.update_one(
+            {"_id": message_id, "owner": owner, "state": PROCESSING}, {"$set": {"state": SENDING}}
+        )
+        return result.modified_count == 1
+
+    async def renew_leases(self, owner: str, lease: timedelta) -> int:
+        """Heartbeat: extend the lease of every pending message this worker holds (queued,
+        processing or sending), so a long queue or a slow model is never mistaken for a crash."""
+        result = await self.messages.update_many(
+            {"owner": owner, "state": {"$in": PENDING}}, {"$set": {"lease_until": utcnow() + lease}}
+        )
+        return result.modified_count
+
+    async def adopt_stale(
+        self, owner: str, lease: timedelta, platforms: list[str], limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Take over messages whose holder stopped renewing (crashed, killed, or handed them
+        back). Each adoption is one atomic update, so two workers never adopt the same message.
+        A message caught mid-send is flagged `interrupted_send`: it may have been delivered."""
+        now = utcnow()
+        cursor = self.messages.find(
+            {"platform": {"$in": platforms}, "state": {"$in": PENDING}, "lease_until": {"$lt": now}},
+            {"_id": 1, "state": 1},
+        ).sort("created_at", ASCENDING).limit(limit)
+        adopted = []
+        for found in [doc async for doc in cursor]:
+            fields: dict[str, Any] = {"owner": owner, "state": RECEIVED, "lease_until": now + lease}
+            if found["state"] == SENDING:
+                fields["interrupted_send"] = True
+            doc = await self.messages.find_one_and_update(
+                {"_id": found["_id"], "state": found["state"], "lease_until": {"$lt": now}},
+                {"$set": fields},
+                return_document=ReturnDocument.AFTER,
+            )
+            if doc is not None:
+                adopted.append(doc)
+        return adopted
+
+    async def release(self, owner: str) -> int:
+        """Graceful shutdown: hand back queued and unfinished messages with an expired lease,
+        so another worker adopts them at once. Messages mid-send are left to expire."""
+        result = await self.messages.update_many(
+            {"owner": owner, "state": {"$in": [RECEIVED, PROCESSING]}},
+            {"$set": {"state": RECEIVED, "owner": None, "lease_until": utcnow() - timedelta(seconds=1)}},
+        )
+        return result.modified_count
+
+    async def earlier_pending(self, doc: dict[str, Any]) -> bool:
+        """Whether an earlier message of the same conversation is still pending (on any
+        worker): replies keep the order messages arrived in, across workers."""
+        found = await self.messages.find_one(
+            {
+                "conversation_key": doc["conversation_key"],
+                "created_at": {"$lt": doc["created_at"]},
+                "state": {"$in": PENDING},
+                "_id": {"$ne": doc["_id"]},
+            },
+            {"_id": 1},
+        )
+        return found is not None
 
     async def update_message(self, message_id: str, fields: dict[str, Any]) -> None:
         await self.messages.update_one({"_id": message_id}, {"$set": fields})
 
-    async def finish(self, message_id: str, state: str, **fields: Any) -> None:
-        await self.messages.update_one(
-            {"_id": message_id}, {"$set": {"state": state, "lease_until": None, **fields}}
-        )
-
-    async def stale_messages(self, older_than: datetime, limit: int = 100) -> list[dict[str, Any]]:
-        """Messages a dead worker left behind: received long ago, or with an expired lease."""
-        cursor = self.messages.find(
-            {
-                "$or": [
-                    {"state": RECEIVED, "created_at": {"$lt": older_than}},
-                    {"state": PROCESSING, "lease_until": {"$lt": utcnow()}},
-                ]
-            }
-        ).sort("created_at", ASCENDING).limit(limit)
-        return [doc async for doc in cursor]
+    async def finish(self, message_id: str, state: str, owner: str | None = None, **fields: Any) -> bool:
+        """Record the outcome. With `owner`, only if this worker still holds the message."""
+        query: dict[str, Any] = {"_id": message_id}
+        if owner is not None:
+            query["owner"] = owner
+        result = await self.messages.update_one(query, {"$set": {"state": state, "lease_until": None, **fields}})
+        return result.matched_count == 1
 
     async def messages_by_ids(self, ids: list[str], scopes: list[Scope]) -> dict[str, dict[str, Any]]:
         """Load memories by id, restricted to the allowed scopes (defence in depth)."""
