@@ -1,0 +1,190 @@
+"""core.Reply -> Slack Web API calls.
+
+Where a reply goes:
+- in the thread of the message it answers (`thread_ts` = the thread, or the message's own ts);
+- `private` replies outside a DM are ephemeral (chat.postEphemeral; a slash command's
+  `response_url` when the bot is not in that channel);
+- a slash command has no message to thread under: its public answer goes to the channel;
+- `Reply.file` (an export) is uploaded into the user's DM with the bot.
+
+Exactly once: the core retries `send_reply` when it raises, so every part already sent for a
+message is remembered and skipped on the retry — a reply that hit a rate limit half-way is
+completed, never doubled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from adapters.slack import mrkdwn
+from adapters.slack.directory import Lru
+from adapters.slack.pacing import ChannelPacer
+from core.models import Message, Reply
+from core.render import render_chunks
+
+log = logging.getLogger(__name__)
+
+# Slack refuses posts from a bot that is not in the conversation with one of these.
+_NOT_IN_CONVERSATION = {"channel_not_found", "not_in_channel", "user_not_in_channel", "is_archived"}
+FILE_IN_DM_NOTE = "I sent the file to our DM."
+
+
+@dataclass
+class _Progress:
+    """Parts of one reply already delivered (by step name -> platform id)."""
+
+    done: dict[str, str] = field(default_factory=dict)
+
+
+class DmChannels:
+    """conversations.open, cached: the bot's DM channel with each user."""
+
+    def __init__(self, client: AsyncWebClient) -> None:
+        self.client = client
+        self._cache: Lru = Lru(5000)
+
+    async def with_user(self, user_id: str) -> str:
+        if user_id not in self._cache:
+            response = await self.client.conversations_open(users=user_id)
+            self._cache.put(user_id, str((response.get("channel") or {})["id"]))
+        return str(self._cache[user_id])
+
+
+class ReplySender:
+    def __init__(
+        self,
+        client: AsyncWebClient,
+        dm_channels: DmChannels,
+        pacer: ChannelPacer,
+        max_chars: int,
+        max_rate_limit_waits: int = 8,
+    ) -> None:
+        self.client = client
+        self.dm_channels = dm_channels
+        self.pacer = pacer
+        self.max_chars = max_chars
+        self.max_rate_limit_waits = max_rate_limit_waits
+        self._progress: Lru = Lru(2000)
+
+    async def send(self, message: Message, reply: Reply) -> list[str]:
+        progress: _Progress = self._progress.get(message.event_key) or _Progress()
+        self._progress.put(message.event_key, progress)
+        is_slash = bool(message.reply_context.get("slash"))
+        ephemeral = reply.private and not message.is_dm
+
+        if reply.file is not None:
+            await self._step(progress, "file", lambda: self._upload_to_dm(message, reply))
+            if not message.is_dm:
+                reply = Reply(f"{reply.text}\n{FILE_IN_DM_NOTE}", reply.footnotes, reply.private, None,
+                              reply.is_error)
+
+        chunks = render_chunks(reply, self.max_chars, mrkdwn.escape, mrkdwn.link)
+        if is_slash and not ephemeral and not message.is_dm and chunks:
+            # Slack does not show the slash command itself, so a public answer says what was asked.
+            asked = mrkdwn.escape(message.text.removeprefix("/ask").strip())
+            chunks[0] = f"<@{message.author_id}> asked: {asked}\n{chunks[0]}"
+        for index, chunk in enumerate(chunks):
+            if ephemeral:
+                await self._step(progress, f"text{index}", lambda c=chunk: self._post_ephemeral(message, c))
+            else:
+                await self._step(progress, f"text{index}", lambda c=chunk: self._post(message, c))
+        self._progress.pop(message.event_key, None)
+        return [sent for key, sent in progress.done.items() if key.startswith("text")]
+
+    async def _step(self, progress: _Progress, name: str, action: Any) -> None:
+        if name in progress.done:
+            return  # delivered on an earlier attempt
+        progress.done[name] = await self._rate_limited(action)
+
+    async def _rate_limited(self, action: Any) -> str:
+        """The SDK's retry handler already honours Retry-After; this covers a limit that outlasts
+        it, so the part is delayed rather than given up."""
+        for _ in range(self.max_rate_limit_waits):
+            try:
+                return str(await action())
+            except SlackApiError as exc:
+                if exc.response.status_code != 429:
+                    raise
+                wait = float(exc.response.headers.get("Retry-After", "1") or 1)
+                log.warning("Slack rate limit; retrying in %.0fs", wait)
+                await asyncio.sleep(min(wait, 120))
+        return str(await action())
+
+    # -- destinations -------------------------------------------------------------------
+
+    def _thread_ts(self, message: Message) -> str | None:
+        if message.reply_context.get("slash"):
+            return None  # a slash command is not a message: nothing to thread under
+        return message.thread_id or message.message_id
+
+    async def _post(self, message: Message, text: str) -> str:
+        channel = message.conversation_id
+        try:
+            async with self.pacer.turn(channel):
+                response = await self.client.chat_postMessage(
+                    channel=channel,
+                    text=text,
+                    thread_ts=self._thread_ts(message),
+                    unfurl_links=False,  # footnote links would otherwise unfurl into big previews
+                    unfurl_media=False,
+                )
+            return str(response.get("ts") or "")
+        except SlackApiError as exc:
+            response_url = str(message.reply_context.get("response_url") or "")
+            if exc.response.get("error") in _NOT_IN_CONVERSATION and response_url:
+                return await self._respond(response_url, text, "in_channel")
+            raise
+
+    async def _post_ephemeral(self, message: Message, text: str) -> str:
+        channel = message.conversation_id
+        try:
+            async with self.pacer.turn(channel):
+                response = await self.client.chat_postEphemeral(
+                    channel=channel, user=message.author_id, text=text, thread_ts=self._thread_ts(message)
+                )
+            return str(response.get("message_ts") or "ephemeral")
+        except SlackApiError as exc:
+            if exc.response.get("error") not in _NOT_IN_CONVERSATION:
+                raise
+            response_url = str(message.reply_context.get("response_url") or "")
+            if response_url:
+                return await self._respond(response_url, text, "ephemeral")
+            # Not in that channel and no response_url: say it in the DM instead, still private.
+            dm = await self.dm_channels.with_user(message.author_id)
+            async with self.pacer.turn(dm):
+                response = await self.client.chat_postMessage(channel=dm, text=text)
+            return str(response.get("ts") or "")
+
+    async def _respond(self, response_url: str, text: str, response_type: str) -> str:
+        """POST to a slash command's response_url (works where the bot is not a member)."""
+        payload = {"response_type": response_type, "text": text}
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            for _ in range(self.max_rate_limit_waits):
+                async with session.post(response_url, json=payload) as response:
+                    if response.status == 429:
+                        await asyncio.sleep(min(float(response.headers.get("Retry-After", "1") or 1), 120))
+                        continue
+                    if response.status >= 400:
+                        raise RuntimeError(f"response_url answered HTTP {response.status}")
+                    return f"response_url:{response_type}"
+        raise RuntimeError("response_url stayed rate limited")
+
+    async def _upload_to_dm(self, message: Message, reply: Reply) -> str:
+        assert reply.file is not None
+        dm = await self.dm_channels.with_user(message.author_id)
+        async with self.pacer.turn(dm):
+            response = await self.client.files_upload_v2(
+                channel=dm,
+                filename=reply.file.filename,
+                content=reply.file.data,
+                title=reply.file.filename,
+            )
+        file = response.get("file") or {}
+        return str(file.get("id") or "file")

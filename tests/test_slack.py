@@ -1,0 +1,305 @@
+"""The Slack adapter against a loopback Slack: real slack-bolt/slack-sdk pointed at the fake
+Web API, real signed HTTP requests to /slack/events, real stores and core. Assertions are on
+what reaches Slack: text, thread_ts, footnote permalinks, exactly-once delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from adapters.slack import SlackAdapter
+from bot.http import HttpServer, build_http_app
+from core.engine import Core
+from tests.conftest import REPO
+from tests.fakes.llm import FakeLLM
+from tests.fakes.slack import (
+    BOT_USER_ID,
+    FakeSlack,
+    app_mention,
+    channel_message,
+    event_callback,
+    sign,
+    slash_form,
+    socket_envelope,
+)
+
+SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
+CHANNEL = "C0GENERAL"
+ALICE, BOB = "U0ALICE", "U0BOB"
+MENTION = f"<@{BOT_USER_ID}>"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def fake_slack() -> Iterator[FakeSlack]:
+    fake = FakeSlack().start()
+    fake.add_user(ALICE, "Alice")
+    fake.add_user(BOB, "Bob")
+    yield fake
+    fake.stop()
+
+
+@dataclass
+class Bot:
+    core: Core
+    adapter: SlackAdapter
+    url: str
+    session: aiohttp.ClientSession
+
+    async def post(self, body: str, *, headers: dict[str, str] | None = None, secret: str = SECRET,
+                   timestamp: int | None = None, form: bool = False) -> aiohttp.ClientResponse:
+        all_headers = {
+            "Content-Type": "application/x-www-form-urlencoded" if form else "application/json",
+            **sign(secret, body, timestamp),
+            **(headers or {}),
+        }
+        async with self.session.post(f"{self.url}/slack/events", data=body.encode(), headers=all_headers) as resp:
+            await resp.read()
+            return resp
+
+    async def event(self, event: dict[str, Any], **kwargs: Any) -> aiohttp.ClientResponse:
+        return await self.post(json.dumps(event_callback(event, kwargs.pop("event_id", None))), **kwargs)
+
+    async def settle(self) -> None:
+        """Wait until every accepted event is stored and processed."""
+        for _ in range(400):
+            if not self.adapter._tasks and not self.core.runner.pending:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("the bot did not settle")
+
+
+async def start_bot(core: Core, fake: FakeSlack, **adapter_args: Any) -> tuple[SlackAdapter, HttpServer,
+                                                                              asyncio.Task[None]]:
+    adapter = SlackAdapter(core, bot_token=fake.bot_token, api_base=fake.api_base, **adapter_args)
+    core.register(adapter)
+    http = HttpServer(build_http_app(core), "127.0.0.1", free_port())
+    for method, path, handler in adapter.routes():
+        http.add_route(method, path, handler)
+    await http.start()
+    return adapter, http, asyncio.create_task(adapter.run())
+
+
+@pytest.fixture
+async def bot(make_core: Any, fake_slack: FakeSlack, fake_llm: FakeLLM) -> AsyncIterator[Bot]:
+    core = await make_core(model="openai/fake-model", llm_api_base=fake_llm.api_base, llm_api_key="sk-test",
+                           max_file_bytes=2 * 1024 * 1024)
+    adapter, http, running = await start_bot(core, fake_slack, signing_secret=SECRET)
+    async with aiohttp.ClientSession() as session:
+        yield Bot(core, adapter, f"http://127.0.0.1:{http.port}", session)
+    await adapter.stop()
+    await asyncio.wait_for(running, 10)
+    await http.stop()
+
+
+def footnote_links(text: str) -> list[str]:
+    return re.findall(r"<(https?://[^|>]+)\|link>", text)
+
+
+# -- HTTP request verification -----------------------------------------------------------
+
+
+async def test_url_verification_and_refused_requests(bot: Bot, fake_slack: FakeSlack) -> None:
+    challenge = json.dumps({"token": "t", "challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P",
+                            "type": "url_verification"})
+    ok = await bot.post(challenge)
+    assert ok.status == 200
+    async with bot.session.post(f"{bot.url}/slack/events", data=challenge,
+                                headers={"Content-Type": "application/json", **sign(SECRET, challenge)}) as resp:
+        # Slack accepts the challenge back as JSON (or plain text)
+        assert resp.status == 200
+        assert (await resp.json())["challenge"] == "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"
+
+    dm = channel_message("D0ALICE", ALICE, "My locker code is 4817")
+    assert (await bot.event(dm, secret="not-the-secret")).status == 401
+    assert (await bot.event(dm, timestamp=int(time.time()) - 6 * 60)).status == 401  # replayed: too old
+    async with bot.session.post(f"{bot.url}/slack/events", data=json.dumps(event_callback(dm)),
+                                headers={"Content-Type": "application/json"}) as unsigned:
+        assert unsigned.status == 401
+    await asyncio.sleep(0.5)
+    await bot.settle()
+    assert await bot.core.store.messages.count_documents({}) == 0  # nothing refused was stored
+    assert fake_slack.posts() == []
+
+
+# -- channels, threads, footnotes, exactly once -------------------------------------------
+
+
+async def test_mention_in_channel_answers_in_thread_once_with_permalink_footnote(
+    bot: Bot, fake_slack: FakeSlack
+) -> None:
+    fact = channel_message(CHANNEL, ALICE, "The launch review moved to Thursday at 3pm in room Nile.")
+    started = time.monotonic()
+    response = await bot.event(fact)
+    assert response.status == 200 and time.monotonic() - started < 3  # acknowledged at once
+    await bot.settle()
+    assert fake_slack.posts() == []  # remembered, not answered: nobody addressed the bot
+
+    question = channel_message(CHANNEL, BOB, f"{MENTION} when is the launch review?")
+    # Slack delivers one message twice: as `message` and as `app_mention` (different event ids),
+    # and then retries the mention as if our 200 had been lost.
+    first = await bot.event(question)
+    second = await bot.event(app_mention(question))
+    retry = await bot.event(app_mention(question), headers={"X-Slack-Retry-Num": "1",
+                                                            "X-Slack-Retry-Reason": "http_timeout"})
+    assert first.status == second.status == retry.status == 200
+    await bot.settle()
+
+    posts = fake_slack.posts()
+    assert len(posts) == 1, [p.args for p in posts]
+    post = posts[0]
+    assert post.args["channel"] == CHANNEL
+    assert post.args["thread_ts"] == question["ts"]  # a new thread under the question
+    text = post.args["text"]
+    assert "Thursday at 3pm" in text and "[1]" in text
+    # the footnote is Alice's message, linked by its chat.getPermalink permalink (mrkdwn link)
+    assert re.search(r"^\[1\] Alice, \d{4}-\d{2}-\d{2}: ", text, re.MULTILINE), text
+    assert footnote_links(text) == [fake_slack.permalink(CHANNEL, fact["ts"])]
+    assert len(fake_slack.calls_to("chat.getPermalink")) == 2  # one per message, not per event
+
+    # A reply inside that thread mentioning the bot is answered in the same thread.
+    follow_up = channel_message(CHANNEL, ALICE, f"{MENTION} which room is the launch review in?",
+                                thread_ts=question["ts"], parent_user_id=BOB)
+    await bot.event(follow_up)
+    await bot.settle()
+    posts = fake_slack.posts()
+    assert len(posts) == 2
+    assert posts[1].args["thread_ts"] == question["ts"]
+    assert "Nile" in posts[1].args["text"]
+
+
+async def test_dm_is_always_answered_and_mrkdwn_is_escaped(bot: Bot, fake_slack: FakeSlack,
+                                                           fake_llm: FakeLLM) -> None:
+    fake_llm.script = ["Use <b> & <!channel> carefully."]
+    dm = channel_message("D0ALICE", ALICE, "how should I format things?")
+    await bot.event(dm)
+    await bot.settle()
+    [post] = fake_slack.posts()
+    assert post.args["channel"] == "D0ALICE" and post.args["thread_ts"] == dm["ts"]
+    # Slack's control characters are escaped: no accidental @channel ping, no broken markup.
+    assert post.args["text"] == "Use &lt;b&gt; &amp; &lt;!channel&gt; carefully."
+
+
+async def test_long_reply_is_split_below_slack_limit_with_footnotes_kept_whole(
+    bot: Bot, fake_slack: FakeSlack, fake_llm: FakeLLM
+) -> None:
+    await bot.event(channel_message("D0ALICE", ALICE, "Project Kestrel ships in May."))
+    await bot.settle()
+    sentence = "Kestrel is a long project with many careful steps to follow. "
+    fake_llm.script = [sentence * 1200 + "It ships in May [1]."]  # ~74,000 characters
+    before = len(fake_slack.posts())
+    question = channel_message("D0ALICE", ALICE, "tell me everything about Kestrel")
+    await bot.event(question)
+    await bot.settle()
+    posts = fake_slack.posts()[before:]
+    assert len(posts) == 2
+    assert all(len(p.args["text"]) <= 40_000 for p in posts)
+    assert all(p.args["thread_ts"] == question["ts"] for p in posts)
+    assert posts[0].args["text"].endswith("follow.")  # split at a sentence boundary
+    assert re.search(r"^\[1\] Alice, .*<https://[^|]+\|link>$", posts[-1].args["text"], re.MULTILINE)
+
+
+# -- 429 ---------------------------------------------------------------------------------
+
+
+async def test_rate_limited_reply_is_delayed_not_dropped_or_doubled(bot: Bot, fake_slack: FakeSlack) -> None:
+    fake_slack.rate_limit["chat.postMessage"] = 2
+    fake_slack.retry_after = 1
+    dm = channel_message("D0ALICE", ALICE, "hello there")
+    await bot.event(dm)
+    await bot.settle()
+    attempts = fake_slack.calls_to("chat.postMessage", ok_only=False)
+    assert [c.status for c in attempts] == [429, 429, 200]
+    assert attempts[-1].at - attempts[0].at >= 1.9  # Retry-After honoured each time
+    assert len(fake_slack.posts()) == 1 and fake_slack.posts()[0].args["thread_ts"] == dm["ts"]
+
+
+# -- files ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def media_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    if not (shutil.which("espeak-ng") and shutil.which("ffmpeg")):
+        pytest.skip("espeak-ng and ffmpeg are needed to make a real voice clip")
+    from PIL import Image, ImageDraw, ImageFont
+
+    folder = tmp_path_factory.mktemp("media")
+    wav, ogg = folder / "note.wav", folder / "note.ogg"
+    subprocess.run(["espeak-ng", "-w", str(wav), "The server password rotates every Friday."], check=True)
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(wav), "-c:a", "libopus", str(ogg)],
+                   check=True)
+    image = Image.new("RGB", (640, 120), "white")
+    font = ImageFont.load_default(size=32) if hasattr(ImageFont, "load_default") else None
+    ImageDraw.Draw(image).text((20, 40), "Standup moved to 9:45", fill="black", font=font)
+    png = folder / "board.png"
+    image.save(png)
+    return {"ogg": ogg.read_bytes(), "png": png.read_bytes()}
+
+
+async def test_file_share_downloads_audio_and_image_with_the_bot_token(
+    bot: Bot, fake_slack: FakeSlack, media_files: dict[str, bytes]
+) -> None:
+    clip = fake_slack.add_file("F0CLIP", "audio_message.ogg", media_files["ogg"], "audio/ogg")
+    photo = fake_slack.add_file("F0PHOTO", "board.png", media_files["png"], "image/png")
+    events = [
+        channel_message("D0ALICE", ALICE, "", subtype="file_share", files=[clip], upload=False),
+        channel_message("D0ALICE", ALICE, "what does this say?", subtype="file_share", files=[photo]),
+    ]
+    for event in events:
+        await bot.event(event)
+    await bot.settle()
+    assert sorted(name for name, _ in fake_slack.downloads) == ["audio_message.ogg", "board.png"]
+    assert all(auth == f"Bearer {fake_slack.bot_token}" for _, auth in fake_slack.downloads)
+    posts = fake_slack.posts()
+    assert [p.args["thread_ts"] for p in posts] == [e["ts"] for e in events]  # each answered, in order
+    for post in posts:
+        # whatever the media reader makes of it, the file itself arrived intact
+        assert "couldn't download" not in post.args["text"] and "files:read" not in post.args["text"]
+
+
+async def test_oversize_and_unreadable_files_get_a_clear_reply(
+    bot: Bot, fake_slack: FakeSlack, media_files: dict[str, bytes]
+) -> None:
+    big = fake_slack.add_file("F0BIG", "huge.ogg", b"x", "audio/ogg")
+    big["size"] = 30 * 1024 * 1024  # Slack says how big it is before we download anything
+    gone = fake_slack.add_file("F0GONE", "gone.png", b"", "image/png")
+    gone["url_private_download"] = gone["url_private_download"].replace("gone.png", "missing.png")
+    await bot.event(channel_message("D0ALICE", ALICE, "", subtype="file_share", files=[big]))
+    await bot.event(channel_message("D0ALICE", ALICE, "", subtype="file_share", files=[gone]))
+    await bot.settle()
+    texts = [p.args["text"] for p in fake_slack.posts()]
+    assert len(texts) == 2
+    assert "huge.ogg" in texts[0] and "30.0 MB" in texts[0] and "saved" in texts[0]
+    assert "huge.ogg" not in [name for name, _ in fake_slack.downloads]  # refused before download
+    assert "couldn't download" in texts[1] and "saved" in texts[1]
+
+
+async def test_download_without_files_read_scope_is_explained(
+    bot: Bot, fake_slack: FakeSlack, media_files: dict[str, bytes]
+) -> None:
+    fake_slack.files_read_granted = False  # the app was installed without files:read
+    photo = fake_slack.add_file("F0P", "board.png", media_files["png"], "image/png")
+    await bot.event(channel_message("D0ALICE", ALICE, "", subtype="file_share", files=[photo]))
+    await bot.settle()
+    [post] = fake_slack.posts()
+    assert "board.png" in post.args["text"] and "files:read" in post.args["text"]
