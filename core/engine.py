@@ -7,6 +7,7 @@ process: claim -> media -> remember -> decide -> recall -> answer -> send -> sto
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import re
@@ -83,6 +84,10 @@ class Core:
 
     async def start(self, background: bool = True) -> None:
         await self.store.ensure_indexes()
+        if self.answerer.has_model or not getattr(self.index.embedder, "name", "").startswith("local:"):
+            # litellm takes seconds to import; done lazily inside the first answer it would
+            # block the event loop, and with it the lease heartbeat and every webhook.
+            await asyncio.to_thread(importlib.import_module, "litellm")
         # The heartbeat renews the leases of every message this worker holds; a worker that
         # dies stops renewing, and after one lease another worker adopts its messages.
         self._heartbeat = asyncio.create_task(
