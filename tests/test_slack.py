@@ -303,3 +303,138 @@ async def test_download_without_files_read_scope_is_explained(
     await bot.settle()
     [post] = fake_slack.posts()
     assert "board.png" in post.args["text"] and "files:read" in post.args["text"]
+
+
+async def test_malformed_signed_body_is_a_client_error(bot: Bot) -> None:
+    response = await bot.post('{"type": "event_callback", "event": ')
+    assert response.status == 400
+    unsigned = await bot.post('{"type": "event_callback", "event": ', secret="wrong")
+    assert unsigned.status == 401
+
+
+# -- slash command -------------------------------------------------------------------------
+
+
+async def test_slash_commands_answer_privately_and_only_admins_change_settings(
+    bot: Bot, fake_slack: FakeSlack
+) -> None:
+    fake_slack.add_user("U0ADA", "Ada", admin=True)
+    await bot.event(channel_message(CHANNEL, ALICE, "Our deploy window is Tuesday night."))
+    await bot.settle()
+    response_url = f"{fake_slack.url}/response/1"
+
+    started = time.monotonic()
+    ack = await bot.post(slash_form("memory", user=ALICE, channel=CHANNEL, response_url=response_url), form=True)
+    assert ack.status == 200 and time.monotonic() - started < 3
+    await bot.settle()
+    [private] = fake_slack.calls_to("chat.postEphemeral")
+    assert private.args["channel"] == CHANNEL and private.args["user"] == ALICE
+    assert "deploy window" in private.args["text"]
+    assert fake_slack.posts() == []  # nothing about Alice's memory went public
+
+    # a member who is not a workspace admin is refused, and nothing changes
+    await bot.post(slash_form("settings respond_to all", user=BOB, channel=CHANNEL, response_url=response_url),
+                   form=True)
+    await bot.settle()
+    assert (await bot.core.settings.get(f"slack:{CHANNEL}")).respond_to == "mentions"
+    refusal = fake_slack.posts()[-1].args["text"] + fake_slack.calls_to("chat.postEphemeral")[-1].args["text"]
+    assert "admin" in refusal
+    # a workspace admin (users.info is_admin) changes it, effective on the next message
+    await bot.post(slash_form("settings respond_to all", user="U0ADA", channel=CHANNEL, response_url=response_url),
+                   form=True)
+    await bot.settle()
+    assert (await bot.core.settings.get(f"slack:{CHANNEL}")).respond_to == "all"
+    before = len(fake_slack.posts())
+    plain = channel_message(CHANNEL, BOB, "when is the deploy window?")
+    await bot.event(plain)
+    await bot.settle()
+    assert [p.args["thread_ts"] for p in fake_slack.posts()[before:]] == [plain["ts"]]
+
+
+async def test_slash_ask_export_and_a_channel_the_bot_is_not_in(bot: Bot, fake_slack: FakeSlack) -> None:
+    await bot.event(channel_message(CHANNEL, ALICE, "The office plant is named Fernando."))
+    await bot.settle()
+    response_url = f"{fake_slack.url}/response/2"
+
+    await bot.post(slash_form("ask what is the office plant called?", user=BOB, channel=CHANNEL,
+                              response_url=response_url), form=True)
+    await bot.settle()
+    [answer] = fake_slack.posts()
+    assert answer.args["channel"] == CHANNEL and not answer.args.get("thread_ts")
+    assert answer.args["text"].startswith(f"<@{BOB}> asked: what is the office plant called?")
+    assert "Fernando" in answer.args["text"]
+    assert footnote_links(answer.args["text"])  # cited with a permalink
+
+    await bot.post(slash_form("export", user=ALICE, channel=CHANNEL, response_url=response_url), form=True)
+    await bot.settle()
+    [done] = fake_slack.calls_to("files.completeUploadExternal")
+    assert done.args["channel_id"] == "D0ALICE"  # the file goes to Alice's DM with the bot
+    [upload] = fake_slack.uploads.values()
+    exported = json.loads(upload)
+    assert any("Fernando" in m["text"] for m in exported["messages"])
+    note = fake_slack.calls_to("chat.postEphemeral")[-1].args
+    assert note["user"] == ALICE and "DM" in note["text"]
+
+    # In a channel the bot is not a member of, Slack refuses chat.postEphemeral; the slash
+    # command's response_url still reaches the user, privately.
+    fake_slack.not_in_channels.add("C0ELSEWHERE")
+    await bot.post(slash_form("help", user=ALICE, channel="C0ELSEWHERE", response_url=response_url), form=True)
+    await bot.settle()
+    [via_url] = fake_slack.responses
+    assert via_url["response_type"] == "ephemeral" and "/forget" in via_url["text"]
+
+
+# -- Socket Mode ---------------------------------------------------------------------------
+
+
+async def test_socket_mode_acks_envelopes_and_answers_once(
+    make_core: Any, fake_slack: FakeSlack, fake_llm: FakeLLM
+) -> None:
+    core = await make_core(model="openai/fake-model", llm_api_base=fake_llm.api_base, llm_api_key="sk-test")
+    adapter = SlackAdapter(core, bot_token=fake_slack.bot_token, app_token=fake_slack.app_token,
+                           api_base=fake_slack.api_base)
+    core.register(adapter)
+    assert adapter.routes() == []  # no public endpoint in Socket Mode
+    running = asyncio.create_task(adapter.run())
+    try:
+        await fake_slack.wait_for(lambda: fake_slack.socket_count == 1)
+        dm = channel_message("D0ALICE", ALICE, "The wifi password is hunter2, remember it.")
+        envelope = socket_envelope(event_callback(dm))
+        fake_slack.send_envelope(envelope)
+        await fake_slack.wait_for(lambda: [a for a in fake_slack.acks if a.get("envelope_id") == envelope["envelope_id"]])
+        [reply] = await fake_slack.wait_for(fake_slack.posts)
+        assert reply.args["channel"] == "D0ALICE" and reply.args["thread_ts"] == dm["ts"]
+
+        # Slack redelivers the same event (retry_attempt 1): acked, nothing done twice.
+        retry = socket_envelope(envelope["payload"], retry_attempt=1)
+        fake_slack.send_envelope(retry)
+        await fake_slack.wait_for(lambda: [a for a in fake_slack.acks if a.get("envelope_id") == retry["envelope_id"]])
+        await asyncio.sleep(1.0)
+        assert len(fake_slack.posts()) == 1
+
+        # slash commands come through the socket too
+        form = dict(x.split("=", 1) for x in slash_form("help", user=ALICE, channel="D0ALICE",
+                                                       response_url=f"{fake_slack.url}/response/3").split("&"))
+        from urllib.parse import unquote_plus
+
+        command = socket_envelope({k: unquote_plus(v) for k, v in form.items()}, kind="slash_commands")
+        fake_slack.send_envelope(command)
+        await fake_slack.wait_for(lambda: len(fake_slack.posts()) == 2)
+        assert "/forget" in fake_slack.posts()[1].args["text"]
+    finally:
+        await adapter.stop()
+        await asyncio.wait_for(running, 10)
+    assert fake_slack.socket_count == 0  # the socket is closed on stop
+
+
+async def test_refused_tokens_stop_with_a_clear_message(make_core: Any, fake_slack: FakeSlack) -> None:
+    from core.errors import FatalPlatformError
+
+    core = await make_core()
+    wrong_bot = SlackAdapter(core, bot_token="xoxb-revoked", signing_secret=SECRET, api_base=fake_slack.api_base)
+    with pytest.raises(FatalPlatformError, match="SLACK_BOT_TOKEN"):
+        await asyncio.wait_for(wrong_bot.run(), 10)
+    wrong_app = SlackAdapter(core, bot_token=fake_slack.bot_token, app_token="xapp-wrong",
+                             api_base=fake_slack.api_base)
+    with pytest.raises(FatalPlatformError, match="SLACK_APP_TOKEN"):
+        await asyncio.wait_for(wrong_app.run(), 10)

@@ -25,6 +25,7 @@ from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.app.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
+from slack_sdk.signature import SignatureVerifier
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
@@ -85,6 +86,8 @@ class SlackAdapter:
         self.dm_channels = DmChannels(self.client)
         self.sender = ReplySender(self.client, self.dm_channels, ChannelPacer(pacing_s), MAX_MESSAGE_CHARS)
         self.app = self._build_app(signing_secret or "")
+        # Only HTTP mode receives signed requests (Socket Mode needs no signing secret).
+        self._verifier = SignatureVerifier(signing_secret) if signing_secret else None
         self._identity: Identity | None = None
         self._identity_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -133,7 +136,21 @@ class SlackAdapter:
         return [("POST", EVENTS_PATH, self._http_endpoint)]
 
     async def _http_endpoint(self, request: web.Request) -> web.Response:
-        bolt_request = await to_bolt_request(request)
+        try:
+            bolt_request = await to_bolt_request(request)
+            well_formed = isinstance(bolt_request.body, dict)
+        except ValueError:  # not JSON / not UTF-8
+            well_formed = False
+        if not well_formed:
+            # Bolt would fail with a 500 on a body it cannot parse; answer 401 if it is not
+            # even signed by Slack, else 400.
+            body = await request.text() if request.can_read_body or request.body_exists else ""
+            signed = self._verifier is not None and self._verifier.is_valid(
+                body,
+                request.headers.get("X-Slack-Request-Timestamp", "0"),
+                request.headers.get("X-Slack-Signature", ""),
+            )
+            return web.json_response({"error": "malformed request"}, status=400 if signed else 401)
         if bolt_request.headers.get("x-slack-retry-num"):
             log.info("Slack redelivery (retry %s, %s)", bolt_request.headers["x-slack-retry-num"][0],
                      (bolt_request.headers.get("x-slack-retry-reason") or ["?"])[0])

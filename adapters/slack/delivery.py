@@ -87,9 +87,8 @@ class ReplySender:
 
         chunks = render_chunks(reply, self.max_chars, mrkdwn.escape, mrkdwn.link)
         if is_slash and not ephemeral and not message.is_dm and chunks:
-            # Slack does not show the slash command itself, so a public answer says what was asked.
-            asked = mrkdwn.escape(message.text.removeprefix("/ask").strip())
-            chunks[0] = f"<@{message.author_id}> asked: {asked}\n{chunks[0]}"
+            # Slack does not show the slash command itself, so a public answer says what it answers.
+            chunks[0] = f"{_invocation(message)}\n{chunks[0]}"
         for index, chunk in enumerate(chunks):
             if ephemeral:
                 await self._step(progress, f"text{index}", lambda c=chunk: self._post_ephemeral(message, c))
@@ -188,3 +187,12 @@ class ReplySender:
             )
         file = response.get("file") or {}
         return str(file.get("id") or "file")
+
+
+def _invocation(message: Message) -> str:
+    """`<@U1> asked: QUESTION` or `<@U1> used /mnemo settings`, for public slash-command answers."""
+    who = f"<@{message.author_id}>"
+    if message.text.startswith("/ask "):
+        return f"{who} asked: {mrkdwn.escape(message.text.removeprefix('/ask ').strip())}"
+    command = str(message.reply_context.get("command") or "/mnemo")
+    return f"{who} used {mrkdwn.escape(command)} {mrkdwn.escape(message.text.lstrip('/'))}"

@@ -144,5 +144,6 @@ def slash_message(form: dict[str, Any], *, is_dm: bool, message_id: str) -> Mess
         is_dm=is_dm,
         is_command=True,
         conversation_title=form.get("channel_name"),
-        reply_context={"response_url": form.get("response_url") or "", "slash": True},
+        reply_context={"response_url": form.get("response_url") or "", "slash": True,
+                       "command": form.get("command") or "/mnemo"},
     )
