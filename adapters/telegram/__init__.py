@@ -1,0 +1,5 @@
+"""Telegram, via aiogram 3: `from adapters.telegram import TelegramAdapter`."""
+
+from adapters.telegram.adapter import TelegramAdapter
+
+__all__ = ["TelegramAdapter"]

@@ -1,0 +1,176 @@
+"""core.Reply -> Telegram messages: HTML with everything escaped, split at 4096 characters by
+the core's renderer, threaded on the triggering message, paced per chat, and retried on 429
+after `retry_after` so a reply is delayed, never dropped or doubled."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import html
+import logging
+from collections.abc import Awaitable, Callable
+
+
+from aiogram import Bot
+from aiogram.enums import ParseMode
+from aiogram.exceptions import (
+    TelegramBadRequest,
+    TelegramForbiddenError,
+    TelegramMigrateToChat,
+    TelegramNetworkError,
+    TelegramRetryAfter,
+    TelegramServerError,
+)
+from aiogram.types import BufferedInputFile, LinkPreviewOptions, ReplyParameters
+from aiogram.types import Message as TgMessage
+
+from adapters.telegram.pacing import ChatPacer
+from core.models import Message, Reply
+from core.render import render_chunks
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_CHARS = 4096
+NETWORK_ATTEMPTS = 4
+NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
+
+Migrate = Callable[[int, int], Awaitable[None]]
+
+
+def html_escape(text: str) -> str:
+    return html.escape(text, quote=False)
+
+
+def html_link(url: str, label: str) -> str:
+    # Show the address itself: it survives copy/paste and tells where it leads.
+    shown = url.removeprefix("https://")
+    return f'<a href="{html.escape(url, quote=True)}">{html_escape(shown)}</a>'
+
+
+def render_html(reply: Reply) -> list[str]:
+    return render_chunks(reply, MAX_MESSAGE_CHARS, escape=html_escape, link=html_link)
+
+
+class DmNotStarted(Exception):
+    """Telegram refuses a bot's first message to a user who never pressed Start."""
+
+
+class Sender:
+    def __init__(self, bot: Bot, pacer: ChatPacer, on_migrate: Migrate) -> None:
+        self.bot = bot
+        self.pacer = pacer
+        self.on_migrate = on_migrate
+        # Chunks already sent per (event, reply): if the core retries a reply after a failure
+        # half-way, the parts people already got are not sent again.
+        self._progress: dict[str, list[str]] = {}
+
+    async def send_reply(self, message: Message, reply: Reply, bot_username: str) -> list[str]:
+        chunks = render_html(reply)
+        key = _progress_key(message, reply, chunks)
+        sent = self._progress.setdefault(key, [])
+        if reply.private and not message.is_dm:
+            await self._send_private(message, reply, chunks, sent, bot_username)
+        else:
+            chat = int(message.conversation_id)
+            await self._send_all(chat, chunks, reply, sent, _reply_to(message), _thread(message))
+        # Only a complete reply forgets its progress; a failure keeps it for the core's retry.
+        del self._progress[key]
+        return sent
+
+    async def _send_private(
+        self, message: Message, reply: Reply, chunks: list[str], sent: list[str], bot_username: str
+    ) -> None:
+        try:
+            await self._send_all(int(message.author_id), chunks, reply, sent, None, None)
+        except DmNotStarted:
+            if sent:
+                raise  # it worked a moment ago: a real failure, let the core retry
+            notice = (
+                f"{html_escape(message.author_name)}, I answer that in a private chat, and you haven't "
+                f"started one with me yet: open t.me/{html_escape(bot_username)}, press Start, then send it again."
+            )
+            sent.append(await self.send_text(int(message.conversation_id), notice, _reply_to(message), _thread(message)))
+
+    async def _send_all(
+        self, chat: int, chunks: list[str], reply: Reply, sent: list[str], reply_to: int | None, thread: int | None
+    ) -> None:
+        for index, chunk in enumerate(chunks):
+            if index < len(sent):
+                continue
+            sent.append(await self.send_text(chat, chunk, reply_to, thread))
+        if reply.file is not None and len(sent) == len(chunks):
+            document = BufferedInputFile(reply.file.data, filename=reply.file.filename)
+            sent.append(
+                await self._call(
+                    chat,
+                    lambda c: self.bot.send_document(
+                        chat_id=c, document=document, message_thread_id=thread,
+                        reply_parameters=_reply_parameters(reply_to),
+                    ),
+                )
+            )
+
+    async def send_text(self, chat: int, text: str, reply_to: int | None, thread: int | None) -> str:
+        return await self._call(
+            chat,
+            lambda c: self.bot.send_message(
+                chat_id=c, text=text, parse_mode=ParseMode.HTML, message_thread_id=thread,
+                reply_parameters=_reply_parameters(reply_to), link_preview_options=NO_PREVIEW,
+            ),
+        )
+
+    async def _call(self, chat: int, send: Callable[[int], Awaitable[TgMessage]]) -> str:
+        """Send one message in the chat's turn; wait out 429s, follow a group's migration,
+        retry transient network failures. Returns the sent message id."""
+        network_failures = 0
+        while True:
+            async with self.pacer.slot(chat):
+                try:
+                    result = await send(chat)
+                    return str(result.message_id)
+                except TelegramRetryAfter as exc:
+                    # Not sent: Telegram rejected it. Hold the chat's turn and send it again.
+                    log.warning("Telegram rate limit in chat %s: retrying after %ss", chat, exc.retry_after)
+                    await asyncio.sleep(exc.retry_after)
+                except TelegramMigrateToChat as exc:
+                    await self.on_migrate(chat, exc.migrate_to_chat_id)
+                    chat = exc.migrate_to_chat_id
+                except TelegramForbiddenError as exc:
+                    if chat > 0:
+                        raise DmNotStarted(str(exc)) from exc
+                    raise
+                except TelegramBadRequest as exc:
+                    if chat > 0 and "chat not found" in exc.message.lower():
+                        raise DmNotStarted(str(exc)) from exc
+                    raise
+                except (TelegramNetworkError, TelegramServerError) as exc:
+                    network_failures += 1
+                    if network_failures >= NETWORK_ATTEMPTS:
+                        raise
+                    log.warning("Telegram send failed (%s); retrying", type(exc).__name__)
+                    await asyncio.sleep(min(2**network_failures, 10))
+
+
+def _reply_parameters(message_id: int | None) -> ReplyParameters | None:
+    if message_id is None:
+        return None
+    # The answer still arrives if the question was deleted meanwhile.
+    return ReplyParameters(message_id=message_id, allow_sending_without_reply=True)
+
+
+def _reply_to(message: Message) -> int | None:
+    return int(message.message_id) if message.message_id.lstrip("-").isdigit() else None
+
+
+def _thread(message: Message) -> int | None:
+    return int(message.thread_id) if message.thread_id and message.thread_id.isdigit() else None
+
+
+def _progress_key(message: Message, reply: Reply, chunks: list[str]) -> str:
+    digest = hashlib.sha256()
+    for part in (*chunks, str(reply.private), reply.file.filename if reply.file else ""):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return f"{message.event_key}:{digest.hexdigest()[:16]}"
+
+
