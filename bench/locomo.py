@@ -1,0 +1,273 @@
+"""LoCoMo retrieval benchmark through the production memory path.
+
+    python bench/locomo.py --data ../shared/data/locomo-dev.json [--limit N] [--k 10]
+
+For each conversation: a real Core on real stores (embedded SecantusDB + Chroma
+PersistentClient in a temp dir) imports every turn as a message of one group conversation
+(author = speaker, timestamp = the session's date and time, an image turn's `blip_caption` as
+the image's description). Then each question of categories 1-4 is asked the way a reply
+recalls memories (`Core.recall`, query time after the last session) and the top k are scored
+against the evidence turns: Recall@5, Recall@10, MRR, overall and per category.
+
+Progress goes to stderr; the last stdout line is one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.media import MediaText  # noqa: E402
+from core.models import Attachment, Message  # noqa: E402
+
+CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop"}
+PLATFORM = "bench"
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# -- the data --------------------------------------------------------------------------------
+
+
+def parse_session_time(text: str) -> datetime:
+    """'1:56 pm on 8 May, 2023' -> an aware datetime (UTC)."""
+    cleaned = " ".join(text.replace(",", " ").split())
+    return datetime.strptime(cleaned, "%I:%M %p on %d %B %Y").replace(tzinfo=timezone.utc)
+
+
+_EVIDENCE = re.compile(r"D\s*:?\s*(\d+)\s*:\s*(\d+)")
+
+
+def normalize_evidence(raw: list[str]) -> list[str]:
+    """'D8:6; D9:17' -> D8:6, D9:17; 'D30:05' -> D30:5; 'D:11:26' -> D11:26."""
+    found: list[str] = []
+    for item in raw:
+        for session, turn in _EVIDENCE.findall(str(item)):
+            dia_id = f"D{int(session)}:{int(turn)}"
+            if dia_id not in found:
+                found.append(dia_id)
+    return found
+
+
+@dataclass
+class Sample:
+    sample_id: str
+    turns: list[tuple[Message, list[MediaText]]]
+    questions: list[dict[str, Any]]
+    last_time: datetime
+
+
+def load_samples(path: Path, limit: int | None) -> list[Sample]:
+    raw = json.loads(path.read_text())
+    samples = []
+    for entry in raw[:limit] if limit else raw:
+        conversation = entry["conversation"]
+        turns: list[tuple[Message, list[MediaText]]] = []
+        last = datetime.min.replace(tzinfo=timezone.utc)
+        n = 1
+        while f"session_{n}" in conversation:
+            started = parse_session_time(conversation[f"session_{n}_date_time"])
+            for i, turn in enumerate(conversation[f"session_{n}"]):
+                # A second per turn keeps the order of a session's turns (real messages never share a time).
+                ts = started + timedelta(seconds=i)
+                media: list[MediaText] = []
+                attachments: list[Attachment] = []
+                if turn.get("blip_caption"):
+                    media = [MediaText("image", turn["blip_caption"])]
+                    attachments = [Attachment("image", Path(str(turn.get("img_url") or "photo.jpg")).name or "photo.jpg",
+                                              "image/jpeg")]
+                message = Message(
+                    platform=PLATFORM, conversation_id=entry["sample_id"], message_id=turn["dia_id"],
+                    author_id=turn["speaker"].lower(), author_name=turn["speaker"], text=turn.get("text", ""),
+                    is_dm=False, ts=ts, attachments=attachments,
+                )
+                turns.append((message, media))
+                last = max(last, ts)
+            n += 1
+        samples.append(Sample(entry["sample_id"], turns, entry["qa"], last))
+    return samples
+
+
+# -- scoring -------------------------------------------------------------------------------
+
+
+@dataclass
+class Scores:
+    recall5: list[float] = field(default_factory=list)
+    recall10: list[float] = field(default_factory=list)
+    rr: list[float] = field(default_factory=list)
+
+    def add(self, ranked: list[str], evidence: set[str]) -> None:
+        self.recall5.append(len(evidence & set(ranked[:5])) / len(evidence))
+        self.recall10.append(len(evidence & set(ranked[:10])) / len(evidence))
+        first = next((rank for rank, dia_id in enumerate(ranked, 1) if dia_id in evidence), None)
+        self.rr.append(1.0 / first if first else 0.0)
+
+    def summary(self) -> dict[str, float]:
+        mean = statistics.fmean
+        return {
+            "n": len(self.rr),
+            "recall@5": round(mean(self.recall5), 4) if self.rr else 0.0,
+            "recall@10": round(mean(self.recall10), 4) if self.rr else 0.0,
+            "mrr": round(mean(self.rr), 4) if self.rr else 0.0,
+        }
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    pos = (len(ordered) - 1) * q
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+async def run(data: Path, limit: int | None, k: int) -> dict[str, Any]:
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+    from pymongo import AsyncMongoClient
+    from secantus import SecantusDBServer
+
+    from core.config import CoreConfig
+    from core.engine import Core
+    from core.memory.embedder import make_embedder
+    from core.memory.index import MemoryIndex
+    from core.store import Store
+
+    samples = load_samples(data, limit)
+    log(f"{len(samples)} conversations, {sum(len(s.turns) for s in samples)} turns")
+    overall, per_category = Scores(), {c: Scores() for c in CATEGORIES}
+    search_ms: list[float] = []
+    recall_ms: list[float] = []
+    ingest_seconds = 0.0
+    ingested = 0
+    with tempfile.TemporaryDirectory(prefix="mnemo-locomo-") as tmp:
+        server = SecantusDBServer(storage_path=os.path.join(tmp, "mongo"))
+        server.start()
+        client: Any = AsyncMongoClient(server.uri, tz_aware=True)
+        chroma = chromadb.PersistentClient(path=os.path.join(tmp, "chroma"),
+                                           settings=ChromaSettings(anonymized_telemetry=False))
+        embedder = make_embedder("local")
+        warm_up = getattr(embedder, "warm_up", None)
+        if warm_up is not None:
+            await warm_up()  # model load time is start-up, not ingest
+        index = MemoryIndex(chroma, embedder)
+        core = Core(CoreConfig(data_dir=Path(tmp)), Store(client, "locomo"), index)
+        await core.start(background=False)
+        try:
+            for sample in samples:
+                started = time.perf_counter()
+                stored = await core.ingest_history(sample.turns)
+                elapsed = time.perf_counter() - started
+                ingest_seconds += elapsed
+                ingested += stored
+                log(f"{sample.sample_id}: ingested {stored} turns in {elapsed:.1f}s ({stored / elapsed:.0f} msg/s)")
+                ids = {message.event_key: message.message_id for message, _ in sample.turns}
+                by_memory = {
+                    doc["_id"]: ids[doc["key"]]
+                    async for doc in core.store.messages.find(
+                        {"conversation_key": f"{PLATFORM}:{sample.sample_id}"}, {"key": 1}
+                    )
+                }
+                valid = set(by_memory.values())
+                asked_at = sample.last_time + timedelta(days=1)
+                scope = sample.turns[0][0].scope
+                asked = 0
+                for n, qa in enumerate(sample.questions):
+                    category = qa.get("category")
+                    if category not in CATEGORIES:
+                        continue
+                    evidence = {e for e in normalize_evidence(qa.get("evidence", [])) if e in valid}
+                    if not evidence:
+                        continue
+                    question = str(qa["question"])
+                    message = Message(
+                        platform=PLATFORM, conversation_id=sample.sample_id, message_id=f"q{n}",
+                        author_id="asker", author_name="asker", text=question, is_dm=False, ts=asked_at,
+                    )
+                    t0 = time.perf_counter()
+                    await index.search(scope, question, k, now=asked_at.timestamp())
+                    search_ms.append((time.perf_counter() - t0) * 1000)
+                    t0 = time.perf_counter()
+                    sources = await core.recall(message, question, k)
+                    recall_ms.append((time.perf_counter() - t0) * 1000)
+                    ranked = [by_memory[s.memory_id] for s in sources if s.memory_id in by_memory]
+                    overall.add(ranked, evidence)
+                    per_category[category].add(ranked, evidence)
+                    asked += 1
+                log(f"{sample.sample_id}: {asked} questions; so far {overall.summary()}")
+        finally:
+            await core.close()
+            await client.close()
+            server.stop()
+    result: dict[str, Any] = overall.summary()
+    result.update(
+        {
+            "per_category": {CATEGORIES[c]: s.summary() for c, s in per_category.items()},
+            "conversations": len(samples),
+            "messages": ingested,
+            "ingest_msgs_per_s": round(ingested / ingest_seconds, 1) if ingest_seconds else 0.0,
+            "search_p50_ms": round(percentile(search_ms, 0.5), 2),
+            "search_p95_ms": round(percentile(search_ms, 0.95), 2),
+            "recall_p50_ms": round(percentile(recall_ms, 0.5), 2),
+            "recall_p95_ms": round(percentile(recall_ms, 0.95), 2),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "k": k,
+        }
+    )
+    return result
+
+
+def print_table(result: dict[str, Any]) -> None:
+    log("")
+    log(f"{'category':<12} {'n':>5} {'R@5':>7} {'R@10':>7} {'MRR':>7}")
+    for name, row in [*result["per_category"].items(), ("all (1-4)", result)]:
+        log(f"{name:<12} {row['n']:>5} {row['recall@5']:>7.3f} {row['recall@10']:>7.3f} {row['mrr']:>7.3f}")
+    log(
+        f"ingest {result['ingest_msgs_per_s']} msg/s; search p50 {result['search_p50_ms']} ms, "
+        f"p95 {result['search_p95_ms']} ms; recall (search + MongoDB) p95 {result['recall_p95_ms']} ms; "
+        f"peak RSS {result['peak_rss_mb']} MB"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="a LoCoMo-format JSON file")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N conversations")
+    parser.add_argument("--k", type=int, default=10, help="memories retrieved per question (>= 10)")
+    args = parser.parse_args()
+    result = asyncio.run(run(args.data, args.limit, max(args.k, 10)))
+    print_table(result)
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Bulk import of history (chat exports, benchmarks): the same stored documents and index
+entries the per-message pipeline makes, written in batches.
+
+The per-message pipeline embeds one message at a time; importing months of a conversation
+that way is dominated by per-call overhead. Here messages are stored with `insert_many`
+and embedded and indexed a batch at a time. Nothing is answered: history is remembered,
+not replied to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from pymongo.errors import BulkWriteError
+
+from core.media import MediaText
+from core.models import Message
+from core.store import DONE, message_doc
+
+if TYPE_CHECKING:
+    from core.engine import Core
+
+
+async def ingest_history(
+    core: Core, entries: Sequence[tuple[Message, list[MediaText]]], batch_size: int = 256
+) -> int:
+    """Store and remember `entries` (message, already-read media text), in order.
+
+    Dedupe is the pipeline's: a message whose event key is already stored is skipped.
+    Channel `memory` settings and user opt-outs are honoured as in the pipeline.
+    Returns how many messages were newly stored.
+    """
+    from core.engine import memory_text  # the pipeline's own rule for what is remembered
+
+    stored = 0
+    settings_cache: dict[str, bool] = {}
+    opted_out: dict[str, bool] = {}
+    for start in range(0, len(entries), batch_size):
+        batch = entries[start : start + batch_size]
+        docs: list[dict[str, Any]] = []
+        contents: list[tuple[str, list[MediaText]]] = []
+        for message, media in batch:
+            doc = message_doc(message, remember=not message.is_command)
+            content = memory_text(message.text, media)
+            if media:
+                doc["media_text"] = "\n".join(m.text for m in media)
+                doc["media_kind"] = media[0].kind
+            conv = message.conversation_key
+            if conv not in settings_cache:
+                settings_cache[conv] = (await core.settings.get(conv)).memory == "on"
+            if message.user_key not in opted_out:
+                opted_out[message.user_key] = bool((await core.store.get_user(message.user_key)).get("opted_out"))
+            doc["remembered"] = bool(
+                doc["remember"] and content.strip() and settings_cache[conv] and not opted_out[message.user_key]
+            )
+            doc["state"] = DONE
+            docs.append(doc)
+            contents.append((content, media))
+        items = [
+            core._memory_item(doc, content, media)
+            for doc, (content, media) in zip(docs, contents)
+            if doc["remembered"]
+        ]
+        # Embedding (CPU, in a worker thread) overlaps the database write; only what was
+        # actually stored (not a redelivered duplicate) is then indexed.
+        embedding = asyncio.ensure_future(core.index.embed_items(items))
+        try:
+            inserted = await _insert_new(core, docs)
+        finally:
+            vectors = await embedding
+        stored += len(inserted)
+        keep = [i for i, item in enumerate(items) if item.memory_id in inserted]
+        if keep:
+            await core.index.add([items[i] for i in keep], vectors[keep])
+    return stored
+
+
+async def _insert_new(core: Core, docs: list[dict[str, Any]]) -> set[str]:
+    """insert_many, unordered; duplicates (already-stored event keys) are left out."""
+    if not docs:
+        return set()
+    try:
+        await core.store.messages.insert_many(docs, ordered=False)
+        return {doc["_id"] for doc in docs}
+    except BulkWriteError as exc:
+        failed = {docs[err["index"]]["_id"] for err in exc.details.get("writeErrors", [])}
+        return {doc["_id"] for doc in docs if doc["_id"] not in failed}

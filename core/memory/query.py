@@ -1,0 +1,125 @@
+"""What a question says beyond its words: who it is about and when.
+
+- People: names of the scope's own authors ("what did Alice say about...") select whose
+  memories to prefer; they are taken out of the text that is embedded, because in a chat where
+  every memory carries an author's name the name only adds noise to semantic similarity.
+- Time: "when ..." questions prefer memories that mention a time ("last week", "in May");
+  "yesterday", "last week", "in May 2023" and the like become a window of message times,
+  relative to when the question is asked.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from core.memory.lexical import words
+
+_MONTHS = {name.lower(): i for i, name in enumerate(calendar.month_name) if name}
+_MONTHS.update({name.lower(): i for i, name in enumerate(calendar.month_abbr) if name})
+_MONTHS["sept"] = 9
+
+TIME_WORDS = re.compile(
+    r"\b(yesterday|today|tonight|tomorrow|last|next|ago|week|weekend|month|year|summer|winter|spring|"
+    r"autumn|fall|monday|tuesday|wednesday|thursday|friday|saturday|sunday|recently|soon|"
+    r"january|february|march|april|may|june|july|august|september|october|november|december|"
+    r"(?:19|20)\d\d)\b",
+    re.IGNORECASE,
+)
+_ASKS_WHEN = re.compile(
+    r"^\W*(when\b|how long\b|what (year|month|date|day|time)\b|since when\b|how many (days|weeks|months|years)\b)",
+    re.IGNORECASE,
+)
+_AGO = re.compile(r"\b(\d+|a|one|two|three|four|five|six)\s+(day|week|month|year)s?\s+ago\b", re.IGNORECASE)
+_IN_MONTH = re.compile(
+    r"\b(?:in|during|on|of)\s+(january|february|march|april|may|june|july|august|september|october|"
+    r"november|december|jan|feb|mar|apr|jun|jul|aug|sep|sept|oct|nov|dec)\b(?:\s*,?\s*((?:19|20)\d\d))?",
+    re.IGNORECASE,
+)
+_NUMBERS = {"a": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6}
+
+
+def mentions_time(text: str) -> bool:
+    return TIME_WORDS.search(text) is not None
+
+
+def asks_when(question: str) -> bool:
+    return _ASKS_WHEN.search(question) is not None
+
+
+@dataclass
+class QueryPlan:
+    text: str  # the question as asked (lexical matching)
+    semantic_text: str  # without the scope's author names (embedded)
+    named_authors: set[str]  # lower-cased author names the question mentions
+    asks_when: bool
+    window: tuple[float, float] | None  # epoch seconds [start, end) the question points at
+
+
+def plan_query(question: str, author_names: set[str], now: float | None = None) -> QueryPlan:
+    """`author_names`: lower-cased names of people who wrote memories in the scope."""
+    tokens = set(words(question))
+    named = set()
+    first_names: dict[str, str] = {}
+    for name in author_names:
+        parts = name.split()
+        if parts:
+            first_names.setdefault(parts[0], name)
+    for name in author_names:
+        if name in tokens or all(part in tokens for part in name.split()):
+            named.add(name)
+    for first, name in first_names.items():
+        if first in tokens and len(first) > 2:
+            named.add(name)
+    semantic = question
+    for name in sorted({part for name in named for part in name.split()}, key=len, reverse=True):
+        semantic = re.sub(rf"\b{re.escape(name)}('s)?\b", " ", semantic, flags=re.IGNORECASE)
+    semantic = " ".join(semantic.split())
+    if len(words(semantic)) < 2:
+        semantic = question  # the question is little more than a name: keep it whole
+    return QueryPlan(question, semantic, named, asks_when(question), time_window(question, now))
+
+
+def time_window(question: str, now: float | None) -> tuple[float, float] | None:
+    """A window of message times the question refers to, relative to `now`, or None."""
+    if now is None:
+        return None
+    today = datetime.fromtimestamp(now, tz=timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    text = question.lower()
+
+    def span(start: datetime, end: datetime) -> tuple[float, float]:
+        return (start.timestamp(), end.timestamp())
+
+    if re.search(r"\byesterday\b", text):
+        return span(today - timedelta(days=1), today)
+    if re.search(r"\btoday\b|\bthis morning\b|\btonight\b", text):
+        return span(today, today + timedelta(days=1))
+    if re.search(r"\blast week\b", text):
+        monday = today - timedelta(days=today.weekday())
+        return span(monday - timedelta(days=7), monday)
+    if re.search(r"\bthis week\b", text):
+        return span(today - timedelta(days=today.weekday()), today + timedelta(days=1))
+    if re.search(r"\blast month\b", text):
+        first = today.replace(day=1)
+        previous = (first - timedelta(days=1)).replace(day=1)
+        return span(previous, first)
+    if re.search(r"\blast year\b", text):
+        return span(today.replace(year=today.year - 1, month=1, day=1), today.replace(month=1, day=1))
+    ago = _AGO.search(text)
+    if ago:
+        count = int(ago.group(1)) if ago.group(1).isdigit() else _NUMBERS[ago.group(1)]
+        days = {"day": 1, "week": 7, "month": 30, "year": 365}[ago.group(2)] * count
+        center = today - timedelta(days=days)
+        slack = timedelta(days=max(1, days // 4))
+        return span(center - slack, center + slack + timedelta(days=1))
+    month = _IN_MONTH.search(text)
+    if month:
+        number = _MONTHS.get(month.group(1))
+        if number:
+            year = int(month.group(2)) if month.group(2) else (today.year if number <= today.month else today.year - 1)
+            start = datetime(year, number, 1, tzinfo=timezone.utc)
+            end = datetime(year + (number == 12), number % 12 + 1, 1, tzinfo=timezone.utc)
+            return span(start, end)
+    return None
