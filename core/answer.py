@@ -38,7 +38,7 @@ class Source:
     source_kind: str = "text"
 
     def prompt_line(self) -> str:
-        kind = {"voice": " (voice note)", "image": " (image)"}.get(self.source_kind, "")
+        kind = {"voice": " (voice note)", "audio": " (audio)", "image": " (image)"}.get(self.source_kind, "")
         flat = " ".join(self.text.split())
         return f"[{self.number}] {self.date:%Y-%m-%d %H:%M} {self.author}{kind}: {flat}"
 

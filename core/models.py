@@ -122,7 +122,7 @@ class Footnote:
     date: datetime
     quote: str
     link: str | None = None
-    source_kind: Literal["text", "voice", "image", "file"] = "text"
+    source_kind: Literal["text", "voice", "audio", "image", "file"] = "text"
     memory_id: str = ""
 
 

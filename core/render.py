@@ -14,7 +14,7 @@ from core.models import Footnote, Reply
 Escape = Callable[[str], str]
 LinkFormat = Callable[[str, str], str]  # (url, label) -> rendered link
 
-_KIND_LABEL = {"voice": "voice note", "image": "image", "file": "file"}
+_KIND_LABEL = {"voice": "voice note", "audio": "audio", "image": "image", "file": "file"}
 
 
 def plain_escape(text: str) -> str:

@@ -135,6 +135,10 @@ class FakeLLM:
 
     async def _transcribe(self, request: web.Request) -> web.Response:
         reader = await request.post()
+        upload = reader.get("file")
+        received: dict[str, Any] = {"_path": request.path, "model": reader.get("model")}
+        if isinstance(upload, web.FileField):  # what reached us: the sender's file, byte for byte
+            received.update(filename=upload.filename, file_bytes=upload.file.read())
         with self._lock:
-            self.requests.append({"_path": request.path, "model": reader.get("model")})
+            self.requests.append(received)
         return web.json_response({"text": self.transcript})
