@@ -163,21 +163,35 @@ class Core:
             message.is_command = True
         doc = message_doc(message, remember=not message.is_command)
         doc.update(owner=self.worker_id, lease_until=utcnow() + self.lease)
-        if not await self.store.insert_message(doc):
+        if self.draining:
+            await self.store.insert_message(doc)
+            return None  # stored, not queued: handed back at the end of the drain
+        # The queue slot is taken before the insert, in the same step as `created_at` is set:
+        # this worker's queue order then equals `created_at` order, which is the order
+        # _wait_for_earlier enforces across workers (two orders could wait on each other).
+        stored: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        started = time.monotonic()
+
+        async def job() -> None:
+            if not await stored:
+                return
+            await self.process(message)
+            self.metrics.observe("mnemo_message_seconds", time.monotonic() - started, platform=message.platform)
+
+        done = self.runner.submit(message.conversation_key, job)
+        try:
+            inserted = await self.store.insert_message(doc)
+        except BaseException:
+            stored.set_result(False)  # the caller sees the error; the slot does nothing
+            raise
+        stored.set_result(inserted)
+        if not inserted:
             # The unique event key in MongoDB decides, whichever worker the redelivery reached.
             self.metrics.inc("mnemo_duplicates_total", platform=message.platform)
             log.info("duplicate event ignored: %s", message.event_key)
             return None
-        if self.draining:
-            return None  # stored, not queued: handed back at the end of the drain
-        self.metrics.gauge("mnemo_queue_depth", self.runner.pending + 1)
-        started = time.monotonic()
-
-        async def job() -> None:
-            await self.process(message)
-            self.metrics.observe("mnemo_message_seconds", time.monotonic() - started, platform=message.platform)
-
-        return self.runner.submit(message.conversation_key, job)
+        self.metrics.gauge("mnemo_queue_depth", self.runner.pending)
+        return done
 
     async def handle(self, message: Message) -> None:
         """Submit and wait until processed (console, tests)."""
@@ -346,7 +360,7 @@ class Core:
         scopes = readable_scopes(message)
         hits = []
         for scope in scopes:
-            hits.extend(await self.index.search(scope, query, k + 1))
+            hits.extend(await self.index.search(scope, query, k + 1, now=message.ts.timestamp()))
         hits.sort(key=lambda h: h.score, reverse=True)
         ids = [h.memory_id for h in hits if h.memory_id != exclude_id]
         docs = await self.store.messages_by_ids(ids, scopes)
@@ -482,9 +496,10 @@ class Core:
         adopted = await self.store.adopt_stale(self.worker_id, self.lease, list(self.platforms))
         for found in adopted:
             message = message_from_doc(found)
-            # Their own queue key: a newer message of the conversation already queued here
-            # waits for these (see _wait_for_earlier) instead of blocking them.
-            self.runner.submit(f"recovered:{message.conversation_key}", lambda m=message: self.process(m))
+            # A queue of its own: a newer message of the conversation already queued here waits
+            # for it (see _wait_for_earlier) instead of blocking it, and recovered messages
+            # keep their order through that same wait.
+            self.runner.submit(f"recovered:{message.event_key}", lambda m=message: self.process(m))
         if adopted:
             self.metrics.inc("mnemo_recovered_total", len(adopted))
             log.info("adopted %d pending messages from stopped workers", len(adopted))
