@@ -1,0 +1,69 @@
+"""A discord.py Client that talks to a configurable REST base and to the gateway URL that
+`GET /gateway/bot` on that base returns (DESIGN.md: `DISCORD_API_BASE`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+import discord
+import yarl
+from discord.gateway import DiscordWebSocket
+
+log = logging.getLogger(__name__)
+
+DEFAULT_API_BASE = "https://discord.com/api/v10"
+INTENTS = discord.Intents(guilds=True, guild_messages=True, dm_messages=True, message_content=True)
+
+
+def use_api_base(api_base: str) -> None:
+    """Point every REST call at `api_base`.
+
+    discord.py builds each URL, bot calls and interaction webhooks alike, from the class
+    attribute `Route.BASE` (its own `_set_api_version` changes it the same way), so the base
+    is process-wide: one Discord bot per process, which is how Mnemo runs."""
+    discord.http.Route.BASE = api_base.rstrip("/")
+
+
+class MnemoClient(discord.Client):
+    """discord.Client whose websocket goes to the URL `GET /gateway/bot` returned.
+
+    A plain Client dials the hard-coded `wss://gateway.discord.gg/` for every fresh IDENTIFY
+    (resumes use READY's `resume_gateway_url`). discord.py reads that default from
+    `DiscordWebSocket.DEFAULT_GATEWAY`, so discovery sets it before connecting."""
+
+    def __init__(self) -> None:
+        # Mnemo never joins voice: skip discord.py's start-up warnings about voice libraries.
+        discord.VoiceClient.warn_nacl = False
+        discord.VoiceClient.warn_dave = False
+        super().__init__(intents=INTENTS, chunk_guilds_at_startup=False, max_messages=1000)
+        self.tree = discord.app_commands.CommandTree(self)
+
+    async def setup_hook(self) -> None:
+        # Global bulk overwrite (PUT /applications/{id}/commands): the registered set always
+        # equals the code's. A failure leaves the previous registration in place; not fatal.
+        try:
+            synced = await self.tree.sync()
+            log.info("discord: registered %d application commands", len(synced))
+        except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
+            log.warning("discord: could not register application commands: %s", exc)
+
+    async def discover_gateway(self) -> yarl.URL:
+        delay = 1.0
+        while True:
+            try:
+                _shards, url, _limits = await self.http.get_bot_gateway()
+                return yarl.URL(url)
+            except (discord.GatewayNotFound, aiohttp.ClientError, OSError) as exc:
+                if self.is_closed():
+                    raise
+                log.warning("discord: GET /gateway/bot failed (%s); retrying in %.0fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+
+    async def connect(self, *, reconnect: bool = True) -> None:
+        gateway = await self.discover_gateway()
+        log.info("discord: gateway %s", gateway)
+        DiscordWebSocket.DEFAULT_GATEWAY = gateway
+        await super().connect(reconnect=reconnect)
