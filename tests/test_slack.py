@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import shutil
 import signal
@@ -216,6 +215,7 @@ async def test_long_reply_is_split_below_slack_limit_with_footnotes_kept_whole(
     assert all(len(p.args["text"]) <= 40_000 for p in posts)
     assert all(p.args["thread_ts"] == question["ts"] for p in posts)
     assert posts[0].args["text"].endswith("follow.")  # split at a sentence boundary
+    assert posts[1].at - posts[0].at >= 0.9  # paced: about one message per second per channel
     assert re.search(r"^\[1\] Alice, .*<https://[^|]+\|link>$", posts[-1].args["text"], re.MULTILINE)
 
 
@@ -292,6 +292,33 @@ async def test_oversize_and_unreadable_files_get_a_clear_reply(
     assert "huge.ogg" in texts[0] and "30.0 MB" in texts[0] and "saved" in texts[0]
     assert "huge.ogg" not in [name for name, _ in fake_slack.downloads]  # refused before download
     assert "couldn't download" in texts[1] and "saved" in texts[1]
+
+
+async def test_bot_token_is_never_sent_outside_slack(bot: Bot, fake_slack: FakeSlack) -> None:
+    # An external file (e.g. a Google Drive link shared in Slack) carries a foreign URL; here a
+    # host other than the Web API's, which would record any Authorization header it got.
+    external = fake_slack.add_file("F0EXT", "plan.png", b"png", "image/png")
+    external.update(is_external=True, url_private=external["url_private"].replace("127.0.0.1", "localhost"),
+                    url_private_download=None)
+    await bot.event(channel_message("D0ALICE", ALICE, "see this", subtype="file_share", files=[external]))
+    await bot.settle()
+    assert fake_slack.downloads == []
+    [post] = fake_slack.posts()
+    assert "outside Slack" in post.args["text"]
+
+
+async def test_edited_message_replaces_what_is_remembered(bot: Bot, fake_slack: FakeSlack) -> None:
+    original = channel_message(CHANNEL, ALICE, "The team dinner is at Luigi's.")
+    await bot.event(original)
+    await bot.settle()
+    edited = {**original, "text": "The team dinner is at Mama Rosa's."}
+    await bot.event({"type": "message", "subtype": "message_changed", "channel": CHANNEL, "hidden": True,
+                     "ts": f"{float(original['ts']) + 5:.6f}", "message": edited, "previous_message": original})
+    await bot.settle()
+    await bot.event(channel_message(CHANNEL, BOB, f"{MENTION} where is the team dinner?"))
+    await bot.settle()
+    [post] = fake_slack.posts()
+    assert "Mama Rosa" in post.args["text"] and "Luigi" not in post.args["text"]
 
 
 async def test_download_without_files_read_scope_is_explained(
@@ -438,3 +465,100 @@ async def test_refused_tokens_stop_with_a_clear_message(make_core: Any, fake_sla
                              api_base=fake_slack.api_base)
     with pytest.raises(FatalPlatformError, match="SLACK_APP_TOKEN"):
         await asyncio.wait_for(wrong_app.run(), 10)
+
+
+# -- black box: `mnemo run` ------------------------------------------------------------------
+
+
+def _post_sync(url: str, body: str, headers: dict[str, str]) -> int:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=body.encode(), headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
+def _wait_sync(predicate: Any, timeout: float, proc: subprocess.Popen[str] | None = None) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"mnemo exited early with {proc.returncode}")
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def test_mnemo_run_answers_slack_events_in_threads(
+    base_env: dict[str, str], fake_llm: FakeLLM, fake_slack: FakeSlack, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {
+        **base_env,
+        **fake_llm.env(),
+        "SLACK_BOT_TOKEN": fake_slack.bot_token,
+        "SLACK_SIGNING_SECRET": SECRET,
+        "SLACK_API_BASE": fake_slack.api_base,
+        "MNEMO_HTTP_PORT": str(port),
+    }
+    mnemo = Path(sys.executable).with_name("mnemo")
+    command = [str(mnemo), "run"] if mnemo.exists() else [sys.executable, "-m", "bot.cli", "run"]
+    log_path = tmp_path / "mnemo.log"
+    log_file = log_path.open("w")
+    proc = subprocess.Popen(command, env=env, cwd=str(REPO), stdout=log_file, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def healthy() -> bool:
+            import urllib.request
+
+            try:
+                with urllib.request.urlopen(f"{base}/healthz", timeout=2) as response:
+                    return response.status == 200
+            except OSError:
+                return False
+
+        _wait_sync(healthy, 180, proc)
+
+        def send(event: dict[str, Any], secret: str = SECRET, **headers: str) -> int:
+            body = json.dumps(event_callback(event))
+            return _post_sync(f"{base}/slack/events", body,
+                              {"Content-Type": "application/json", **sign(secret, body), **headers})
+
+        fact = channel_message(CHANNEL, ALICE, "The quarterly offsite is in Lisbon on May 14th.")
+        assert send(fact) == 200
+        assert send(channel_message(CHANNEL, ALICE, "forged"), secret="nope") == 401
+        question = channel_message(CHANNEL, BOB, f"{MENTION} where is the quarterly offsite?")
+        assert send(question) == 200
+        assert send(app_mention(question)) == 200
+        assert send(app_mention(question), **{"X-Slack-Retry-Num": "1"}) == 200
+        [post] = _wait_sync(fake_slack.posts, 120, proc)
+        time.sleep(1.5)  # a second (duplicate) reply would have arrived by now
+        assert len(fake_slack.posts()) == 1
+        assert post.args["thread_ts"] == question["ts"]
+        assert "Lisbon" in post.args["text"]
+        assert footnote_links(post.args["text"]) == [fake_slack.permalink(CHANNEL, fact["ts"])]
+
+        dm = channel_message("D0BOB", BOB, "what do you know about the offsite?")
+        assert send(dm) == 200
+        _wait_sync(lambda: len(fake_slack.posts()) == 2, 60, proc)
+        reply = fake_slack.posts()[1]
+        assert reply.args["channel"] == "D0BOB" and reply.args["thread_ts"] == dm["ts"]
+        assert "Lisbon" not in reply.args["text"]  # the channel's memory stays in the channel
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log_file.close()
+        print(log_path.read_text())  # shown by pytest when the test fails
+    logs = log_path.read_text()
+    assert proc.returncode == 0, logs
+    assert "Slack: signed in as bot user" in logs
+    assert "Lisbon" not in logs and "offsite" not in logs  # no message content in INFO logs

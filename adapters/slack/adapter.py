@@ -19,17 +19,18 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlparse
 
 import aiohttp
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.app.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
-from slack_sdk.signature import SignatureVerifier
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
 )
+from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.delivery import DmChannels, ReplySender
@@ -46,11 +47,21 @@ DEFAULT_API_BASE = "https://slack.com/api/"
 EVENTS_PATH = "/slack/events"
 # Slack truncates message text beyond 40,000 characters (DESIGN.md "Limits").
 MAX_MESSAGE_CHARS = 40_000
+# Where Slack serves url_private downloads (commercial and GovSlack); also the API base's host.
+_SLACK_FILE_DOMAINS = (".slack.com", ".slack-gov.com", ".slack-edge.com")
 # Errors only a person can fix: the token is wrong, revoked, or of the wrong kind.
 _AUTH_ERRORS = {
     "invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired",
     "not_allowed_token_type", "invalid_token", "no_permission", "missing_scope",
 }
+
+
+class _SameTokenNotice(logging.Filter):
+    """Bolt also reads SLACK_BOT_TOKEN from the environment and then warns that our client
+    (built from that same token) takes precedence: true and harmless, so not logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`token` will be unused" not in record.getMessage()
 
 
 class SlackAdapter:
@@ -106,7 +117,10 @@ class SlackAdapter:
         bolt_log = logging.getLogger("adapters.slack.bolt")
         if bolt_log.level == logging.NOTSET:
             bolt_log.setLevel(logging.WARNING)
+        if not any(isinstance(f, _SameTokenNotice) for f in bolt_log.filters):
+            bolt_log.addFilter(_SameTokenNotice())
         app = AsyncApp(
+            name="mnemo",
             client=self.client,
             signing_secret=signing_secret,
             logger=bolt_log,
@@ -186,7 +200,7 @@ class SlackAdapter:
                         "(xoxb-...) from the app's OAuth & Permissions page, reinstalling the app if needed"
                     ) from None
                 log.warning("auth.test failed (%s), retrying", error)
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 log.warning("Slack Web API unreachable at %s (%s), retrying", self.api_base, type(exc).__name__)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30)
@@ -194,8 +208,8 @@ class SlackAdapter:
 
     async def run(self) -> None:
         me = await self._check_token()
-        log.info("Slack: signed in as bot user %s (%s mode)", me.bot_user_id,
-                 "Socket Mode" if self.socket_mode else f"HTTP events at {EVENTS_PATH}")
+        log.info("Slack: signed in as bot user %s (%s)", me.bot_user_id,
+                 "Socket Mode" if self.socket_mode else f"HTTP mode, events at POST {EVENTS_PATH}")
         if self.socket_mode:
             await self._connect_socket()
         await self._stopped.wait()
@@ -313,25 +327,33 @@ class SlackAdapter:
         async def fetch() -> bytes:
             if not url:
                 raise MediaError(f"Slack did not give me a download link for “{name}”. Your message is saved.")
+            if not self._is_slack_file_host(url):
+                # External files (Google Drive links and the like) carry their own URLs: the
+                # bot token is never sent anywhere but Slack.
+                raise MediaError(f"“{name}” is stored outside Slack, so I can't read it. Your message is saved.")
             headers = {"Authorization": f"Bearer {self.bot_token}"}
-            timeout = aiohttp.ClientTimeout(total=120)
-            async with aiohttp.ClientSession(timeout=timeout) as session:
-                async with session.get(url, headers=headers) as response:
-                    if response.status != 200:
-                        raise MediaError(f"I couldn't download “{name}” from Slack (HTTP {response.status}). "
-                                         "Your message is saved.")
-                    if response.content_type == "text/html" and not name.lower().endswith((".html", ".htm")):
-                        # Slack answers a token without files:read with its sign-in page.
-                        raise MediaError(f"I couldn't download “{name}”: the Slack app needs the files:read "
-                                         "scope. Your message is saved.")
-                    data = bytearray()
-                    async for block in response.content.iter_chunked(64 * 1024):
-                        data.extend(block)
-                        if len(data) > cap:
-                            break  # the core reports the size; no need to read the rest
-                    return bytes(data)
+            session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120))
+            async with session, session.get(url, headers=headers) as response:
+                if response.status != 200:
+                    raise MediaError(f"I couldn't download “{name}” from Slack (HTTP {response.status}). "
+                                     "Your message is saved.")
+                if response.content_type == "text/html" and not name.lower().endswith((".html", ".htm")):
+                    # Slack answers a token without files:read with its sign-in page.
+                    raise MediaError(f"I couldn't download “{name}”: the Slack app needs the files:read "
+                                     "scope. Your message is saved.")
+                data = bytearray()
+                async for block in response.content.iter_chunked(64 * 1024):
+                    data.extend(block)
+                    if len(data) > cap:
+                        break  # the core reports the size; no need to read the rest
+                return bytes(data)
 
         return fetch
+
+    def _is_slack_file_host(self, url: str) -> bool:
+        host = (urlparse(url).hostname or "").lower()
+        api_host = (urlparse(self.api_base).hostname or "").lower()
+        return host == api_host or host.endswith(_SLACK_FILE_DOMAINS)
 
     # -- Platform -----------------------------------------------------------------------
 

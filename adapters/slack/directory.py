@@ -70,7 +70,7 @@ class Users:
                 return found
         try:
             user = await asyncio.wait_for(self.info(user_id), LOOKUP_TIMEOUT_S)
-        except (SlackApiError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, SlackApiError, OSError) as exc:
             log.warning("users.info failed for a message author: %s", _reason(exc))
             return user_id
         return _display_name(user.get("profile") or {}, user) or user_id
@@ -112,7 +112,7 @@ class Permalinks:
             pending.add_done_callback(lambda _f: self._inflight.pop(key, None))
         try:
             found = await asyncio.wait_for(asyncio.shield(pending), LOOKUP_TIMEOUT_S)
-        except (asyncio.TimeoutError, SlackApiError, OSError) as exc:
+        except (TimeoutError, SlackApiError, OSError) as exc:
             log.warning("chat.getPermalink failed, using the constructed link: %s", _reason(exc))
             return fallback
         return found or fallback

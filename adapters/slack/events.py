@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-from core.models import Attachment, AttachmentKind, Message
 from adapters.slack.mrkdwn import to_plain
+from core.models import Attachment, AttachmentKind, Message
 
 PLATFORM = "slack"
 
@@ -67,7 +67,7 @@ def is_dm_channel(channel: str, event: dict[str, Any] | None = None) -> bool:
 
 
 def slack_time(ts: str) -> datetime:
-    return datetime.fromtimestamp(float(ts), tz=timezone.utc)
+    return datetime.fromtimestamp(float(ts), tz=UTC)
 
 
 def attachment_kind(file: dict[str, Any]) -> AttachmentKind:
