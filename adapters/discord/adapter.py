@@ -73,10 +73,7 @@ class DiscordAdapter:
         self.core = core
         self.token = token
         use_api_base(api_base)
-        self.client = MnemoClient()
-        # The client dispatches `on_<event>` attributes; discord.py's own `client.event` does this.
-        setattr(self.client, "on_message", self._on_message)
-        setattr(self.client, "on_raw_message_edit", self._on_raw_message_edit)
+        self.client = MnemoClient(listener=self)
         register_commands(self.client.tree, self._on_command)
         # discord.py runs each event in its own task; submitting under one lock keeps the
         # order in which Discord delivered them (the core answers per conversation in order).
@@ -132,7 +129,7 @@ class DiscordAdapter:
         async with self._intake:
             return await self.core.submit(message)
 
-    async def _on_message(self, event: discord.Message) -> None:
+    async def on_message(self, event: discord.Message) -> None:
         me = self.client.user
         if me is None:
             return
@@ -144,7 +141,7 @@ class DiscordAdapter:
         except Exception:
             log.exception("discord: could not store message %s", message.event_key)
 
-    async def _on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
+    async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
         me = self.client.user
         if me is None or "content" not in payload.data:
             return  # embeds resolving, pins...: the text did not change

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Protocol
 
 import aiohttp
 import discord
@@ -26,6 +27,12 @@ def use_api_base(api_base: str) -> None:
     discord.http.Route.BASE = api_base.rstrip("/")
 
 
+class Listener(Protocol):
+    async def on_message(self, message: discord.Message) -> None: ...
+
+    async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None: ...
+
+
 class MnemoClient(discord.Client):
     """discord.Client whose websocket goes to the URL `GET /gateway/bot` returned.
 
@@ -33,12 +40,19 @@ class MnemoClient(discord.Client):
     (resumes use READY's `resume_gateway_url`). discord.py reads that default from
     `DiscordWebSocket.DEFAULT_GATEWAY`, so discovery sets it before connecting."""
 
-    def __init__(self) -> None:
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
         # Mnemo never joins voice: skip discord.py's start-up warnings about voice libraries.
         discord.VoiceClient.warn_nacl = False
         discord.VoiceClient.warn_dave = False
         super().__init__(intents=INTENTS, chunk_guilds_at_startup=False, max_messages=1000)
         self.tree = discord.app_commands.CommandTree(self)
+
+    async def on_message(self, message: discord.Message) -> None:
+        await self.listener.on_message(message)
+
+    async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
+        await self.listener.on_raw_message_edit(payload)
 
     async def setup_hook(self) -> None:
         # Global bulk overwrite (PUT /applications/{id}/commands): the registered set always

@@ -5,7 +5,6 @@ callbacks' real annotations.
 """
 
 from collections.abc import Awaitable, Callable
-from typing import Optional
 
 import discord
 from discord import app_commands
@@ -25,7 +24,7 @@ def register_commands(tree: app_commands.CommandTree, run: RunCommand) -> None:
     @tree.command(name="memory", description="What Mnemo remembers from you (only you see this)")
     @app_commands.describe(page="Page to show (10 memories per page)")
     async def memory(
-        interaction: discord.Interaction, page: Optional[app_commands.Range[int, 1, 100000]] = None
+        interaction: discord.Interaction, page: app_commands.Range[int, 1, 100000] | None = None
     ) -> None:
         await run(interaction, f"/memory {page}" if page else "/memory", True)
 
@@ -42,7 +41,7 @@ def register_commands(tree: app_commands.CommandTree, run: RunCommand) -> None:
     @app_commands.describe(key="Setting to change (leave empty to show all)", value="New value")
     @app_commands.choices(key=[app_commands.Choice(name=key, value=key) for key in KEYS])
     async def settings(
-        interaction: discord.Interaction, key: Optional[str] = None, value: Optional[str] = None
+        interaction: discord.Interaction, key: str | None = None, value: str | None = None
     ) -> None:
         text = " ".join(part for part in ("/settings", key, value) if part)
         await run(interaction, text, True)

@@ -17,10 +17,10 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from tests.fakes.server import ServerThread
 
@@ -49,7 +49,7 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 def user(user_id: int, name: str, bot: bool = False) -> dict[str, Any]:
@@ -134,6 +134,9 @@ class FakeDiscord:
         # knobs
         self.rate_limit_next = 0  # answer the next N channel-message POSTs with 429
         self.retry_after = 0.5
+        # POST number (1-based, counting every channel-message POST) -> fault:
+        # "unavailable": 503, nothing created; "lost": created, but the answer is a 502
+        self.faults: dict[int, str] = {}
         self.replay_on_resume: list[dict[str, Any]] = []  # dispatches to (re)send after a RESUME
         self.cdn: dict[str, bytes] = {}
         # gateway state
@@ -347,10 +350,12 @@ class FakeDiscord:
             files: list[dict[str, Any]] = []
             reader = await request.multipart()
             async for part in reader:
+                if not isinstance(part, BodyPartReader):
+                    continue
                 if part.name == "payload_json":
-                    payload = json.loads(await part.text())  # type: ignore[union-attr]
+                    payload = json.loads(await part.text())
                 else:
-                    files.append({"name": part.filename, "data": await part.read()})  # type: ignore[union-attr]
+                    files.append({"name": part.filename, "data": await part.read()})
             return payload, files
         return await request.json(), []
 
@@ -372,6 +377,9 @@ class FakeDiscord:
                        "X-RateLimit-Bucket": "fake-messages", "X-RateLimit-Scope": "user"}
             return _json({"message": "You are being rate limited.", "retry_after": self.retry_after,
                                       "global": False}, status=429, headers=headers)
+        fault = self.faults.pop(self.message_posts, None)
+        if fault == "unavailable":
+            return _json({"message": "Service Unavailable", "code": 0}, status=503)
         payload, files = await self._body(request)
         channel_id = request.match_info["channel"]
         nonce = payload.get("nonce")
@@ -383,6 +391,8 @@ class FakeDiscord:
                               "at": time.monotonic()})
         if nonce:
             self._nonces[(channel_id, nonce)] = message
+        if fault == "lost":
+            return _json({"message": "Bad Gateway", "code": 0}, status=502)
         return _json(message)
 
     async def _typing(self, request: web.Request) -> web.Response:
