@@ -562,3 +562,18 @@ def test_mnemo_run_answers_slack_events_in_threads(
     assert proc.returncode == 0, logs
     assert "Slack: signed in as bot user" in logs
     assert "Lisbon" not in logs and "offsite" not in logs  # no message content in INFO logs
+
+
+def test_manifest_grants_what_the_adapter_uses() -> None:
+    import yaml
+
+    manifest = yaml.safe_load((REPO / "deploy" / "slack-manifest.yaml").read_text())
+    scopes = set(manifest["oauth_config"]["scopes"]["bot"])
+    # every Web API method the adapter calls, by the scope Slack requires for it
+    assert {"chat:write", "users:read", "files:read", "files:write", "im:write", "commands",
+            "app_mentions:read", "channels:history", "groups:history", "im:history"} <= scopes
+    events = set(manifest["settings"]["event_subscriptions"]["bot_events"])
+    assert {"app_mention", "message.channels", "message.groups", "message.im"} <= events
+    assert [c["command"] for c in manifest["features"]["slash_commands"]] == ["/mnemo"]
+    assert manifest["settings"]["socket_mode_enabled"] is True
+    assert manifest["features"]["app_home"]["messages_tab_enabled"] is True  # people can DM it

@@ -295,8 +295,8 @@ class SlackAdapter:
             # the DM with the bot is the user's private scope.
             try:
                 is_dm = await self.dm_channels.with_user(user) == channel
-            except SlackApiError as exc:
-                log.warning("conversations.open failed: %s", exc.response.get("error"))
+            except Exception as exc:  # noqa: BLE001 - unknown: treat as a shared DM (group scope)
+                log.warning("conversations.open failed: %s", type(exc).__name__)
         message = slash_message(form, is_dm=is_dm, message_id=str(form.get("trigger_id") or uuid.uuid4().hex))
         message.author_name = await self.users.name(user)
         if message.author_name == user and form.get("user_name"):

@@ -79,7 +79,7 @@ class Users:
         """Workspace admins and owners may change channel settings."""
         try:
             user = await self.info(user_id)
-        except (SlackApiError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - unknown means "not an admin": nothing changes
             log.warning("users.info failed for an admin check: %s", _reason(exc))
             return False
         return bool(user.get("is_admin") or user.get("is_owner") or user.get("is_primary_owner"))
@@ -109,13 +109,18 @@ class Permalinks:
         if pending is None:
             pending = asyncio.ensure_future(self._fetch(channel, ts))
             self._inflight[key] = pending
-            pending.add_done_callback(lambda _f: self._inflight.pop(key, None))
+            pending.add_done_callback(lambda done: self._settled(key, done))
         try:
             found = await asyncio.wait_for(asyncio.shield(pending), LOOKUP_TIMEOUT_S)
         except (TimeoutError, SlackApiError, OSError) as exc:
             log.warning("chat.getPermalink failed, using the constructed link: %s", _reason(exc))
             return fallback
         return found or fallback
+
+    def _settled(self, key: str, done: asyncio.Future[str | None]) -> None:
+        self._inflight.pop(key, None)
+        if not done.cancelled():
+            done.exception()  # retrieved here: a caller that timed out may never look at it
 
     async def _fetch(self, channel: str, ts: str) -> str | None:
         response = await self.client.chat_getPermalink(channel=channel, message_ts=ts)
