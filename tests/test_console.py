@@ -148,7 +148,8 @@ def test_forget_all_removes_everything_and_no_later_request_contains_it(
     assert len(ids) == 2, listing
     one = run_chat([f"/forget {ids[0]}", "/memory"], env, "--user", "alice").stdout
     assert f"Done: I forgot {ids[0]}." in one
-    assert ids[0] not in one.split("Done:")[1]
+    assert ids[0] not in one.split("What I remember")[1]
+    assert ids[1] in one.split("What I remember")[1]
     gone = run_chat(["/forget all", "what is my allergy? where do I live?"], env, "--user", "alice")
     assert "Done: I forgot everything from you" in gone.stdout
     start = len(fake_llm.chat_requests())
@@ -156,3 +157,13 @@ def test_forget_all_removes_everything_and_no_later_request_contains_it(
     later = str(fake_llm.chat_requests()[start:])
     assert "penicillin" not in later.split("tell me anything")[0]
     assert "Quince" not in later.split("tell me anything")[0]
+
+
+def test_reasoning_mode_and_deep_use_the_reasoning_model(base_env: dict[str, str], fake_llm: FakeLLM) -> None:
+    env = {**base_env, **fake_llm.env(), "MNEMO_REASONING_MODEL": "openai/deep-model"}
+    run_chat(["the release train leaves every second Tuesday", "/deep why Tuesdays?"], env, "--user", "eve")
+    models = [r["model"] for r in fake_llm.chat_requests()]
+    assert models == ["fake-model", "deep-model"], models
+    run_chat(["/settings mode reasoning", "@mnemo when does the release train leave?"], env,
+             "--user", "eve", "--channel", "rel", "--admin")
+    assert fake_llm.chat_requests()[-1]["model"] == "deep-model"

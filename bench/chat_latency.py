@@ -1,0 +1,111 @@
+"""Cold start to first reply, per-message latency and peak RSS of `mnemo chat`.
+
+Runs the real CLI as a subprocess against a loopback OpenAI-compatible model server
+(tests/fakes/llm.py) on the embedded stores, writing one line at a time and timing each reply.
+
+    .venv/bin/python bench/chat_latency.py [--messages 60]
+
+Progress on stderr; the last stdout line is a JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.fakes.llm import FakeLLM  # noqa: E402
+
+FACTS = [
+    "my sister {n} loves orchids and lives in Porto",
+    "the team offsite number {n} is in June, bring laptops",
+    "remember that locker {n} has the spare keys",
+    "{n} is the number of the bus I take to work",
+]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def cold_start(env: dict[str, str]) -> float:
+    """Seconds from launching `mnemo chat` to its first reply on stdout."""
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bot.cli", "chat", "--user", "bench"], cwd=REPO, env=env,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    assert proc.stdin and proc.stdout
+    proc.stdin.write("hello, I am the benchmark\n")
+    proc.stdin.close()
+    proc.stdout.readline()
+    elapsed = time.monotonic() - started
+    proc.wait(60)
+    return elapsed
+
+
+async def per_message(env: dict[str, str], count: int) -> list[float]:
+    """In-process: the real console adapter and pipeline, timing each message to its reply."""
+    import io
+
+    from adapters.console import ConsoleAdapter
+    from bot.app import open_core
+    from bot.config import load_settings
+
+    os.environ.update(env)
+    latencies: list[float] = []
+    async with open_core(load_settings(), background=False) as core:
+        console = ConsoleAdapter(core, user="bench", out=io.StringIO())
+        core.register(console)
+        for i in range(count):
+            line = FACTS[i % len(FACTS)].format(n=i) if i % 2 == 0 else f"what do you remember about {i - 1}?"
+            message = console.to_message(line)
+            assert message is not None
+            sent = time.monotonic()
+            await core.handle(message)
+            latencies.append(time.monotonic() - sent)
+            print(f"[{i + 1}/{count}] {1000 * latencies[-1]:.0f} ms", file=sys.stderr)
+    return latencies[1:]  # the first one loads the embedding model
+
+
+def main() -> None:
+    import asyncio
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=60)
+    args = parser.parse_args()
+    llm = FakeLLM().start()
+    with tempfile.TemporaryDirectory() as data_dir:
+        env = {**os.environ, **llm.env(), "MNEMO_DATA_DIR": data_dir, "PYTHONUNBUFFERED": "1"}
+        env.pop("MONGODB_URI", None)
+        env.pop("CHROMA_URL", None)
+        print("cold start of mnemo chat ...", file=sys.stderr)
+        cold = cold_start(env)
+        child_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        latencies = asyncio.run(per_message({**env, "MNEMO_DATA_DIR": os.path.join(data_dir, "inproc")},
+                                            args.messages))
+    llm.stop()
+    result = {
+        "cold_start_to_first_reply_s": round(cold, 2),
+        "latency_p50_ms": round(1000 * statistics.median(latencies), 1),
+        "latency_p95_ms": round(1000 * percentile(latencies, 0.95), 1),
+        "messages": args.messages,
+        "peak_rss_mb_cli": round(child_rss_mb, 1),
+        "peak_rss_mb_inprocess": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
