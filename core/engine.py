@@ -7,14 +7,17 @@ process: claim -> media -> remember -> decide -> recall -> answer -> send -> sto
 from __future__ import annotations
 
 import asyncio
+import heapq
 import importlib
+import itertools
 import logging
 import os
 import re
 import secrets
 import socket
 import time
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from core import commands
@@ -47,6 +50,26 @@ _COUNTERS = ("mnemo_messages_in_total", "mnemo_replies_out_total", "mnemo_duplic
              "mnemo_rate_limit_waits_total", "mnemo_rate_limit_wait_seconds_total")
 
 
+@dataclass(order=True)
+class _Queued:
+    """A message waiting its turn in its conversation on this worker. Ordered by the
+    platform's timestamp, then by when it was stored: the same order `Store.earlier_pending`
+    uses across workers, so local and cross-worker waits never wait on each other."""
+
+    order_ts: float
+    created_at: datetime
+    seq: int
+    message: Message = field(compare=False)
+    stored: asyncio.Future[bool] = field(compare=False)  # True once it is in MongoDB
+    done: asyncio.Future[None] = field(compare=False)  # what submit() returns
+    started: float = field(compare=False, default_factory=time.monotonic)
+
+
+def _ms(moment: datetime) -> datetime:
+    """MongoDB keeps milliseconds: compare in-memory times at the stored precision."""
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
 class Core:
     def __init__(
         self,
@@ -72,6 +95,8 @@ class Core:
         self.draining = False
         self._loops: list[asyncio.Task[None]] = []  # loops that take work: stopped first when draining
         self._heartbeat: asyncio.Task[None] | None = None
+        self._queued: dict[str, list[_Queued]] = {}  # conversation -> heap of messages not yet taken
+        self._seq = itertools.count()
 
     @property
     def lease(self) -> timedelta:
@@ -162,36 +187,77 @@ class Core:
         if command is not None and command.name in commands.CONTROL:
             message.is_command = True
         doc = message_doc(message, remember=not message.is_command)
-        doc.update(owner=self.worker_id, lease_until=utcnow() + self.lease)
+        # order_ts: the platform's own time of the message, the conversation's order.
+        doc.update(owner=self.worker_id, lease_until=utcnow() + self.lease, order_ts=message.ts.timestamp())
         if self.draining:
             await self.store.insert_message(doc)
             return None  # stored, not queued: handed back at the end of the drain
-        # The queue slot is taken before the insert, in the same step as `created_at` is set:
-        # this worker's queue order then equals `created_at` order, which is the order
-        # _wait_for_earlier enforces across workers (two orders could wait on each other).
-        stored: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        started = time.monotonic()
-
-        async def job() -> None:
-            if not await stored:
-                return
-            await self.process(message)
-            self.metrics.observe("mnemo_message_seconds", time.monotonic() - started, platform=message.platform)
-
-        done = self.runner.submit(message.conversation_key, job)
+        # The message joins its conversation's queue before the insert, so a message stored
+        # while an earlier one's insert is still in flight cannot overtake it.
+        entry = self._enqueue(message, doc["order_ts"], doc["created_at"])
         try:
             inserted = await self.store.insert_message(doc)
         except BaseException:
-            stored.set_result(False)  # the caller sees the error; the slot does nothing
+            entry.stored.set_result(False)  # the caller sees the error; the entry is dropped
             raise
-        stored.set_result(inserted)
+        entry.stored.set_result(inserted)
         if not inserted:
             # The unique event key in MongoDB decides, whichever worker the redelivery reached.
             self.metrics.inc("mnemo_duplicates_total", platform=message.platform)
             log.info("duplicate event ignored: %s", message.event_key)
             return None
         self.metrics.gauge("mnemo_queue_depth", self.runner.pending)
-        return done
+        return entry.done
+
+    def _enqueue(self, message: Message, order_ts: float, created_at: datetime, stored: bool | None = None) -> _Queued:
+        """Queue `message` in its conversation. The conversation's jobs run one at a time
+        and each takes the earliest queued message, so a message that arrived late (slow
+        intake, recovered after a crash) is still answered in the conversation's order."""
+        loop = asyncio.get_running_loop()
+        entry = _Queued(order_ts, _ms(created_at), next(self._seq), message, loop.create_future(), loop.create_future())
+        if stored is not None:
+            entry.stored.set_result(stored)
+        heapq.heappush(self._queued.setdefault(message.conversation_key, []), entry)
+        self.runner.submit(message.conversation_key, lambda: self._run_next(message.conversation_key))
+        return entry
+
+    async def _run_next(self, conversation_key: str) -> None:
+        entry = heapq.heappop(self._queued[conversation_key])
+        try:
+            entry = await self._await_turn(conversation_key, entry)
+            if entry.stored.result():
+                await self.process(entry.message)
+                self.metrics.observe("mnemo_message_seconds", time.monotonic() - entry.started,
+                                     platform=entry.message.platform)
+        finally:
+            if not entry.done.done():
+                entry.done.set_result(None)
+            if not self._queued.get(conversation_key):
+                self._queued.pop(conversation_key, None)
+
+    async def _await_turn(self, conversation_key: str, entry: _Queued) -> _Queued:
+        """Per-conversation order across workers: while an earlier message of the conversation
+        is pending anywhere, wait; if an earlier one joins this worker's queue meanwhile, take
+        it instead. Bounded (a dead holder's messages are adopted within about 1.5 leases)."""
+        deadline = time.monotonic() + 2 * self.config.lease_seconds
+        pause = 0.02
+        while True:
+            if not await entry.stored:
+                return entry
+            queue = self._queued.get(conversation_key)
+            if queue and queue[0] < entry:
+                entry = heapq.heapreplace(queue, entry)
+                continue
+            if not await self.store.earlier_pending(
+                conversation_key, entry.message.event_key, entry.order_ts, entry.created_at
+            ):
+                return entry
+            if time.monotonic() > deadline:
+                log.warning("an earlier message of %s is still pending; answering %s out of order",
+                            conversation_key, entry.message.event_key)
+                return entry
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.5)
 
     async def handle(self, message: Message) -> None:
         """Submit and wait until processed (console, tests)."""
@@ -225,7 +291,6 @@ class Core:
             log.warning("message %s failed after %d attempts", doc["_id"], doc["attempts"] - 1)
             await self._deliver(message, doc, platform, Reply(GAVE_UP, is_error=True), state=FAILED)
             return
-        await self._wait_for_earlier(doc)
         try:
             reply = await self._work(message, doc, platform)
         except Exception:
@@ -237,20 +302,6 @@ class Core:
             await self.store.finish(doc["_id"], DONE, owner=self.worker_id, answered=False)
         else:
             await self._deliver(message, doc, platform, reply)
-
-    async def _wait_for_earlier(self, doc: dict[str, Any]) -> None:
-        """Per-conversation order across workers: while an earlier message of this conversation
-        is pending on any worker, wait (bounded: a dead holder's messages are adopted within
-        about 1.5 leases)."""
-        deadline = time.monotonic() + 2 * self.config.lease_seconds
-        pause = 0.02
-        while await self.store.earlier_pending(doc):
-            if time.monotonic() > deadline:
-                log.warning("an earlier message of %s is still pending; answering %s out of order",
-                            doc["conversation_key"], doc["_id"])
-                return
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.5)
 
     async def _work(self, message: Message, doc: dict[str, Any], platform: Platform) -> Reply | None:
         command = commands.parse(message.text)
@@ -496,10 +547,8 @@ class Core:
         adopted = await self.store.adopt_stale(self.worker_id, self.lease, list(self.platforms))
         for found in adopted:
             message = message_from_doc(found)
-            # A queue of its own: a newer message of the conversation already queued here waits
-            # for it (see _wait_for_earlier) instead of blocking it, and recovered messages
-            # keep their order through that same wait.
-            self.runner.submit(f"recovered:{message.event_key}", lambda m=message: self.process(m))
+            # Into the conversation's queue, in its place by timestamp (see _await_turn).
+            self._enqueue(message, found.get("order_ts", message.ts.timestamp()), found["created_at"], stored=True)
         if adopted:
             self.metrics.inc("mnemo_recovered_total", len(adopted))
             log.info("adopted %d pending messages from stopped workers", len(adopted))

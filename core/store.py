@@ -168,15 +168,19 @@ class Store:
         )
         return result.modified_count
 
-    async def earlier_pending(self, doc: dict[str, Any]) -> bool:
-        """Whether an earlier message of the same conversation is still pending (on any
-        worker): replies keep the order messages arrived in, across workers."""
+    async def earlier_pending(self, conversation_key: str, key: str, order_ts: float, created_at: datetime) -> bool:
+        """Whether a message of the conversation that comes before this one (platform
+        timestamp, then storing time) is still pending on any worker: replies keep the
+        conversation's order across workers."""
         found = await self.messages.find_one(
             {
-                "conversation_key": doc["conversation_key"],
-                "created_at": {"$lt": doc["created_at"]},
+                "conversation_key": conversation_key,
                 "state": {"$in": PENDING},
-                "_id": {"$ne": doc["_id"]},
+                "key": {"$ne": key},
+                "$or": [
+                    {"order_ts": {"$lt": order_ts}},
+                    {"order_ts": order_ts, "created_at": {"$lt": created_at}},
+                ],
             },
             {"_id": 1},
         )

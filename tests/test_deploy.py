@@ -258,6 +258,33 @@ def test_sigkilled_worker_message_is_answered_after_restart_exactly_once(cluster
     assert 'mnemo_recovered_total 1' in w1.metrics()
 
 
+def test_worker_killed_while_sending_fails_the_message_with_a_reply_not_a_second_answer(
+    cluster: Cluster,
+) -> None:
+    w1 = cluster.workers["w1"]
+    event = dm(cluster, "CRASH2", "Where is the ladder stored?")
+    # Slack answers the reply with 429 Retry-After: the worker waits mid-send, and dies there.
+    cluster.slack.retry_after = 60
+    cluster.slack.rate_limit["chat.postMessage"] = 1
+    assert post_event(w1.url, event) == 200
+    wait_for(lambda: cluster.slack.calls_to("chat.postMessage", ok_only=False)[-1].status == 429
+             if cluster.slack.calls_to("chat.postMessage", ok_only=False) else False, 30, "the reply being sent")
+    assert cluster.stored(event["channel"], event["ts"])["state"] == "sending"
+    w1.kill()
+    cluster.slack.retry_after = 1
+
+    # Whether the answer got out is unknowable, so it is not sent again: the person is told.
+    w1.start()
+    w1.wait_healthy(180)
+    replies = wait_answered(cluster, event, timeout=LEASE_S * 3 + 20)
+    time.sleep(2.5)
+    replies = cluster.replies_to(event["channel"], event["ts"])
+    assert len(replies) == 1
+    assert "interrupted" in replies[0] and "ask again" in replies[0]
+    assert cluster.stored(event["channel"], event["ts"])["state"] == "failed"
+    assert cluster.model_calls_about("ladder") == 1
+
+
 # -- logs ----------------------------------------------------------------------------------------
 
 
@@ -270,5 +297,5 @@ def test_json_logs_never_contain_message_content(cluster: Cluster) -> None:
     assert any("adopted 1 pending messages" in r["msg"] for r in records)
     # Every message of this module carried the marker; not one log line may repeat it.
     assert CONTENT_MARKER not in logs
-    for phrase in ("spare keys", "flowerpot", "tax papers", "shelf code"):
+    for phrase in ("spare keys", "flowerpot", "tax papers", "shelf code", "ladder"):
         assert phrase not in logs
