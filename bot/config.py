@@ -99,6 +99,17 @@ class Settings(BaseSettings):
             raise ValueError("must be 'local' or a litellm model name")
         return value.strip()
 
+    @field_validator("stt_model")
+    @classmethod
+    def _stt_model_dir_has_model(cls, value: str) -> str:
+        # A path selects a local CTranslate2 Whisper model (e.g. a multilingual one): check it now,
+        # not when the first voice note arrives.
+        from core.media.speech import is_model_dir_setting
+
+        if is_model_dir_setting(value) and not (Path(value).expanduser() / "model.bin").is_file():
+            raise ValueError(f"no CTranslate2 Whisper model (model.bin) in {value}")
+        return value
+
     @field_validator("telegram_webhook_secret")
     @classmethod
     def _telegram_secret_charset(cls, value: str | None) -> str | None:

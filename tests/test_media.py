@@ -275,3 +275,23 @@ def test_remote_vision_payload_is_a_data_url(samples: Samples) -> None:
     header, payload = url.split(",", 1)
     assert header == "data:image/png;base64"  # WebP re-encoded to what every vision API takes
     assert base64.b64decode(payload).startswith(b"\x89PNG")
+
+
+@slow
+async def test_a_model_directory_can_replace_the_bundled_model(tmp_path: Path, samples: Samples) -> None:
+    from core.media.speech import bundled_model_path
+
+    # Any CTranslate2 Whisper directory works (a multilingual one detects the language); the
+    # bundled tiny.en stands in for one here, as no other model is available offline.
+    reader = _reader(tmp_path, stt_model=bundled_model_path())
+    try:
+        got = await reader.read(Attachment("voice", "speech.wav"), samples["speech.wav"].read_bytes())
+    finally:
+        await reader.close()
+    assert "orchid" in got.text.lower()
+
+
+def test_a_missing_model_directory_stops_start_up_naming_the_variable(base_env: dict[str, str]) -> None:
+    result = run_chat([], {**base_env, "MNEMO_STT_MODEL": "/nonexistent/whisper-small"})
+    assert result.returncode == 2
+    assert "MNEMO_STT_MODEL" in result.stderr and "model.bin" in result.stderr

