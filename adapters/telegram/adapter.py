@@ -93,6 +93,7 @@ class TelegramAdapter:
         self.me: BotIdentity | None = None
         self.sender = Sender(self.bot, pacer or ChatPacer(), self._migrate)
         self._stopping = asyncio.Event()
+        self._receiving = False  # run() is between start and return
         self._seen_updates: OrderedDict[int, None] = OrderedDict()
         self._typing: set[asyncio.Task[None]] = set()
 
@@ -104,6 +105,15 @@ class TelegramAdapter:
     async def run(self) -> None:
         if self._token_problem:
             raise FatalPlatformError(self._token_problem)
+        self._receiving = True
+        try:
+            await self._receive()
+        except _Stopped:
+            pass
+        finally:
+            self._receiving = False
+
+    async def _receive(self) -> None:
         me = await self._until_stopped(self._get_me())
         self.me = BotIdentity(me.id, me.username or "")
         log.info("Telegram: connected as @%s (%s)", self.me.username, "webhook" if self.webhook_url else "polling")
@@ -121,6 +131,11 @@ class TelegramAdapter:
 
     async def stop(self) -> None:
         self._stopping.set()
+        # The receive loop notices at once; let it finish before its connection closes.
+        for _ in range(50):
+            if not self._receiving:
+                break
+            await asyncio.sleep(0.1)
         # Let replies already queued reach people before the connection closes.
         for _ in range(100):
             if self.core.runner.pending == 0:
@@ -143,7 +158,7 @@ class TelegramAdapter:
                 ) from exc
             except TelegramAPIError as exc:
                 log.warning("Telegram: getMe failed (%s); retrying in %.0fs", type(exc).__name__, delay)
-                await asyncio.sleep(delay)
+                await self._pause(delay)
                 delay = min(delay * 2, 30)
 
     async def _set_webhook(self) -> None:
@@ -173,6 +188,13 @@ class TelegramAdapter:
             raise _Stopped
         return task.result()
 
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake up for stop()."""
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
     # -- receiving ----------------------------------------------------------------------
 
     async def _poll(self) -> None:
@@ -189,12 +211,12 @@ class TelegramAdapter:
                 raise FatalPlatformError("TELEGRAM_BOT_TOKEN was rejected by Telegram (401 Unauthorized)") from exc
             except TelegramConflictError:
                 log.warning("Telegram: another process is receiving this bot's updates (a second `mnemo run`?)")
-                await asyncio.sleep(delay)
+                await self._pause(delay)
                 delay = min(delay * 2, 30)
                 continue
             except TelegramAPIError as exc:
                 log.warning("Telegram: getUpdates failed (%s); retrying in %.0fs", type(exc).__name__, delay)
-                await asyncio.sleep(delay)
+                await self._pause(delay)
                 delay = min(delay * 2, 30)
                 continue
             delay = 1.0
@@ -212,7 +234,7 @@ class TelegramAdapter:
                 return True
             except Exception as exc:  # the store is unreachable: keep the update, try again
                 log.warning("Telegram: storing update %s failed (%s); retrying", update.update_id, type(exc).__name__)
-                await asyncio.sleep(delay)
+                await self._pause(delay)
                 delay = min(delay * 2, 30)
         return False
 
