@@ -245,6 +245,12 @@ async def test_memory_and_export_are_ephemeral_and_export_is_a_file(bot: Bot) ->
     assert any(m["text"] == "My favourite tea is genmaicha." for m in data["messages"])
     assert fake.sent == []  # nothing private went to the channel
 
+    fake.dispatch("INTERACTION_CREATE", fake.interaction("ask", {"question": "what is my favourite tea?"}))
+    await fake.until(lambda: len(fake.followups) == 3, what="/ask")
+    assert not (fake.callbacks[2].get("data") or {}).get("flags")  # /ask answers in public
+    ask = fake.followups[2]
+    assert not ask.get("flags") and "genmaicha" in ask["content"] and ask["allowed_mentions"] == NO_PINGS
+
 
 async def test_private_command_typed_in_a_channel_is_answered_by_dm(bot: Bot) -> None:
     fake = bot.fake
@@ -270,7 +276,33 @@ async def test_attachments_oversize_refused_before_download_voice_fetched_lazily
     note = await bot.say(fake.message("", dm=True, attachments=[voice], flags=1 << 13))
     [answer] = await bot.replies(note)
     assert fake.cdn_hits == [voice["url"].split(str(fake_port(fake)), 1)[1]]
-    assert answer["content"]  # a transcript-based answer or a clear "can't read" reply
+    # a transcript-based answer or a clear reply naming the file; never a crash apology
+    assert answer["content"] and "Something went wrong" not in answer["content"], answer["content"]
+
+
+async def test_an_edited_message_replaces_what_is_remembered(bot: Bot) -> None:
+    fake = bot.fake
+    original = await bot.say(fake.message("The standup moved to 9:30 on Tuesdays.", dm=True))
+    await bot.replies(original)
+    await bot.idle()
+    edited = {**original, "content": "The standup moved to 10:15 on Tuesdays.", "edited_timestamp": original["timestamp"]}
+    fake.dispatch("MESSAGE_UPDATE", edited)
+    await asyncio.sleep(0.5)
+    await bot.idle()
+    question = await bot.say(fake.message("when is the standup?", dm=True))
+    [reply] = await bot.replies(question)
+    assert "10:15" in reply["content"] and "9:30" not in reply["content"]
+
+
+async def test_a_rejected_token_stops_with_what_to_do(fake: FakeDiscord, make_core: Any) -> None:
+    from adapters.discord import DiscordAdapter
+    from core.errors import FatalPlatformError
+
+    core = await make_core()
+    adapter = DiscordAdapter(core, token="not-the-token", api_base=fake.api_base)
+    with pytest.raises(FatalPlatformError, match="DISCORD_BOT_TOKEN"):
+        await asyncio.wait_for(adapter.run(), 30)
+    assert fake.identifies == []
 
 
 def fake_port(fake: FakeDiscord) -> int:
@@ -307,6 +339,7 @@ def test_mnemo_run_answers_guild_and_dm_once_each(base_env: dict[str, str], fake
     try:
         fake.wait(lambda: fake.ready or proc.poll() is not None, timeout=120, what="mnemo run to connect")
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert ("GET", "/api/v10/gateway/bot") in fake.requests  # the websocket URL came from there
         assert fake.identifies[0]["intents"] & (1 << 15)  # Message Content
         fact = fake.message("The staging database lives on host db-7.", dm=True)
         fake.dispatch("MESSAGE_CREATE", fact)

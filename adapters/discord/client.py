@@ -16,6 +16,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_API_BASE = "https://discord.com/api/v10"
 INTENTS = discord.Intents(guilds=True, guild_messages=True, dm_messages=True, message_content=True)
+# What the bot needs in a guild: see channels, answer (also in threads), reply to a message
+# (a reply needs Read Message History). Private answers go to interactions or DMs.
+INVITE_PERMISSIONS = discord.Permissions(
+    view_channel=True, send_messages=True, send_messages_in_threads=True, read_message_history=True
+)
 
 
 def use_api_base(api_base: str) -> None:
@@ -57,6 +62,11 @@ class MnemoClient(discord.Client):
     async def setup_hook(self) -> None:
         # Global bulk overwrite (PUT /applications/{id}/commands): the registered set always
         # equals the code's. A failure leaves the previous registration in place; not fatal.
+        if self.application_id is not None:
+            invite = discord.utils.oauth_url(
+                self.application_id, permissions=INVITE_PERMISSIONS, scopes=("bot", "applications.commands")
+            )
+            log.info("discord: invite the bot with %s", invite)
         try:
             synced = await self.tree.sync()
             log.info("discord: registered %d application commands", len(synced))
