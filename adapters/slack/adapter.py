@@ -134,14 +134,9 @@ class SlackAdapter:
             await ack()  # within Slack's 3 s; the answer follows from the background task
             self._spawn(self._intake_command(command), "slack-command")
 
-        async def ignore() -> None:
-            return None
-
         app.event("message")(on_message)
         app.event("app_mention")(on_message)
         app.command(re.compile(r"^/"))(on_command)  # /mnemo, or whatever the workspace named it
-        # Subscribed in the manifest for completeness of DM state; nothing to do with them.
-        app.event("app_home_opened")(ignore)
         return app
 
     def routes(self) -> list[tuple[str, str, Any]]:
@@ -189,7 +184,7 @@ class SlackAdapter:
 
     async def _check_token(self) -> Identity:
         delay = 1.0
-        for attempt in range(6):
+        for _ in range(6):
             try:
                 return await self.identity()
             except SlackApiError as exc:
