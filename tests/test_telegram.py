@@ -28,6 +28,7 @@ from tests.fakes.llm import FakeLLM
 from tests.fakes.telegram import (
 
 
+    BOT_USER,
     BOT_USERNAME,
     TOKEN,
     FakeTelegram,
@@ -536,3 +537,22 @@ def test_mnemo_run_webhook(base_env: dict[str, str], fake_llm: FakeLLM, telegram
     assert code == 0, err[-3000:]
 
 
+
+
+async def test_text_mention_addresses_the_bot_and_anonymous_admins_are_admins(
+    bot: Running, telegram: FakeTelegram
+) -> None:
+    await bot.start()
+    telegram.push(telegram.message(GROUP, ALICE, "The treasurer this year is Priya"))
+    # A mention picked from the member list: a text_mention entity carrying the bot's user.
+    text = "Mnemo who is the treasurer?"
+    entity = {"type": "text_mention", "offset": 0, "length": 5, "user": BOT_USER}
+    asked = telegram.push(telegram.message(GROUP, BOB, text, entities=[entity]))
+    [answer] = await eventually(lambda: replies_to(telegram, asked), what="answer to a text_mention")
+    assert "Priya" in visible(answer)
+
+    # An anonymous admin posts as the group itself (sender_chat): Telegram only lets admins do that.
+    anonymous = user(1087968824, "Group", "GroupAnonymousBot")
+    changed = telegram.push(telegram.message(GROUP, anonymous, "/settings citations off", sender_chat=GROUP))
+    [yes] = await eventually(lambda: replies_to(telegram, changed), what="anonymous admin's change")
+    assert "citations: on -> off" in visible(yes)
