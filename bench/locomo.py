@@ -143,6 +143,12 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process (all threads, the embedded database's included)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
@@ -168,6 +174,8 @@ async def run(data: Path, limit: int | None, k: int) -> dict[str, Any]:
     search_ms: list[float] = []
     recall_ms: list[float] = []
     ingest_seconds = 0.0
+    ingest_cpu = 0.0
+    search_cpu = 0.0
     ingested = 0
     with tempfile.TemporaryDirectory(prefix="mnemo-locomo-") as tmp:
         server = SecantusDBServer(storage_path=os.path.join(tmp, "mongo"))
@@ -184,9 +192,10 @@ async def run(data: Path, limit: int | None, k: int) -> dict[str, Any]:
         await core.start(background=False)
         try:
             for sample in samples:
-                started = time.perf_counter()
+                started, cpu_started = time.perf_counter(), cpu_seconds()
                 stored = await core.ingest_history(sample.turns)
                 elapsed = time.perf_counter() - started
+                ingest_cpu += cpu_seconds() - cpu_started
                 ingest_seconds += elapsed
                 ingested += stored
                 log(f"{sample.sample_id}: ingested {stored} turns in {elapsed:.1f}s ({stored / elapsed:.0f} msg/s)")
@@ -213,9 +222,10 @@ async def run(data: Path, limit: int | None, k: int) -> dict[str, Any]:
                         platform=PLATFORM, conversation_id=sample.sample_id, message_id=f"q{n}",
                         author_id="asker", author_name="asker", text=question, is_dm=False, ts=asked_at,
                     )
-                    t0 = time.perf_counter()
+                    t0, cpu0 = time.perf_counter(), cpu_seconds()
                     await index.search(scope, question, k, now=asked_at.timestamp())
                     search_ms.append((time.perf_counter() - t0) * 1000)
+                    search_cpu += cpu_seconds() - cpu0
                     t0 = time.perf_counter()
                     sources = await core.recall(message, question, k)
                     recall_ms.append((time.perf_counter() - t0) * 1000)
@@ -240,6 +250,11 @@ async def run(data: Path, limit: int | None, k: int) -> dict[str, Any]:
             "recall_p50_ms": round(percentile(recall_ms, 0.5), 2),
             "recall_p95_ms": round(percentile(recall_ms, 0.95), 2),
             "peak_rss_mb": round(peak_rss_mb(), 1),
+            # The machine may be shared: CPU cost per unit of work, and the load while measuring.
+            "ingest_msgs_per_cpu_s": round(ingested / ingest_cpu, 1) if ingest_cpu else 0.0,
+            "search_cpu_ms": round(search_cpu / len(search_ms) * 1000, 2) if search_ms else 0.0,
+            "load_avg_1m": round(os.getloadavg()[0], 2),
+            "cpus": os.cpu_count(),
             "k": k,
         }
     )
@@ -255,6 +270,10 @@ def print_table(result: dict[str, Any]) -> None:
         f"ingest {result['ingest_msgs_per_s']} msg/s; search p50 {result['search_p50_ms']} ms, "
         f"p95 {result['search_p95_ms']} ms; recall (search + MongoDB) p95 {result['recall_p95_ms']} ms; "
         f"peak RSS {result['peak_rss_mb']} MB"
+    )
+    log(
+        f"CPU cost: {result['ingest_msgs_per_cpu_s']} msg per CPU-second, {result['search_cpu_ms']} CPU-ms per "
+        f"search; load average {result['load_avg_1m']} on {result['cpus']} CPUs"
     )
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from core.memory.embedder import Embedder
 from core.memory.query import plan_query
-from core.memory.scope_view import ScopeView
+from core.memory.scope_view import DENSE_POOL, EXACT_LIMIT, ScopeView
 from core.models import Scope
 
 
@@ -67,9 +67,13 @@ def collection_name(scope: Scope) -> str:
 
 
 class MemoryIndex:
-    def __init__(self, chroma: Any, embedder: Embedder, max_cached_memories: int = 400_000) -> None:
+    def __init__(
+        self, chroma: Any, embedder: Embedder, max_cached_memories: int = 400_000, exact_limit: int = EXACT_LIMIT
+    ) -> None:
         self.chroma = chroma
         self.embedder = embedder
+        # Scopes larger than this take their semantic candidates from Chroma's ANN index.
+        self.exact_limit = exact_limit
         # Views cost ~2 KB per memory; past this many, the least recently searched scopes are dropped.
         self.max_cached_memories = max_cached_memories
         self._collections: dict[str, Any] = {}
@@ -218,7 +222,7 @@ class MemoryIndex:
             return []
         plan = plan_query(query, set(view.authors), now)
         vector = (await self.embedder.embed([plan.semantic_text]))[0]
-        return await asyncio.to_thread(self._search_sync, view, plan, vector, k)
+        return await asyncio.to_thread(self._search_sync, scope, view, plan, vector, k)
 
     def _open_view(self, scope: Scope) -> ScopeView | None:
         collection = self._collection(scope, create=False)
@@ -227,12 +231,20 @@ class MemoryIndex:
         view = self._view(scope, collection)
         return view if len(view) else None
 
-    @staticmethod
-    def _search_sync(view: ScopeView, plan: Any, vector: np.ndarray, k: int) -> list[Hit]:
+    def _search_sync(self, scope: Scope, view: ScopeView, plan: Any, vector: np.ndarray, k: int) -> list[Hit]:
+        if len(vector) != view.dim:
+            return []  # the embedding model changed since these memories were stored
+        found: list[str] | None = None
+        if len(view) > self.exact_limit:
+            collection = self._collection(scope, create=False)
+            if collection is not None:
+                result = collection.query(
+                    query_embeddings=[vector], n_results=min(DENSE_POOL, len(view)), include=[]
+                )
+                found = list(result["ids"][0])
         with view.lock:
-            if len(vector) != view.dim:
-                return []  # the embedding model changed since these memories were stored
-            ranked = view.search(plan, vector, k)
+            pool = None if found is None else [view.row_of[i] for i in found if i in view.row_of]
+            ranked = view.search(plan, vector, k, pool)
             return [
                 Hit(r.memory_id, r.score, view.documents[r.row], dict(view.metadatas[r.row])) for r in ranked
             ]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pymongo.errors import BulkWriteError
 
 from core.media import MediaText
+from core.memory.index import MemoryItem
 from core.models import Message
 from core.store import DONE, message_doc
 
@@ -34,13 +35,14 @@ async def ingest_history(
     """
     from core.engine import memory_text  # the pipeline's own rule for what is remembered
 
-    stored = 0
     settings_cache: dict[str, bool] = {}
     opted_out: dict[str, bool] = {}
-    for start in range(0, len(entries), batch_size):
-        batch = entries[start : start + batch_size]
+
+    async def prepare(
+        batch: Sequence[tuple[Message, list[MediaText]]],
+    ) -> tuple[list[dict[str, Any]], list[MemoryItem]]:
         docs: list[dict[str, Any]] = []
-        contents: list[tuple[str, list[MediaText]]] = []
+        items: list[MemoryItem] = []
         for message, media in batch:
             doc = message_doc(message, remember=not message.is_command)
             content = memory_text(message.text, media)
@@ -57,23 +59,31 @@ async def ingest_history(
             )
             doc["state"] = DONE
             docs.append(doc)
-            contents.append((content, media))
-        items = [
-            core._memory_item(doc, content, media)
-            for doc, (content, media) in zip(docs, contents)
-            if doc["remembered"]
-        ]
-        # Embedding (CPU, in a worker thread) overlaps the database write; only what was
-        # actually stored (not a redelivered duplicate) is then indexed.
-        embedding = asyncio.ensure_future(core.index.embed_items(items))
+            if doc["remembered"]:
+                items.append(core._memory_item(doc, content, media))
+        return docs, items
+
+    # A pipeline: batch i+1 is embedded (CPU, in a worker thread) while batch i is written to
+    # MongoDB and Chroma. Only what was actually stored (not a redelivered duplicate) is indexed.
+    batches = [entries[i : i + batch_size] for i in range(0, len(entries), batch_size)]
+    stored = 0
+    if not batches:
+        return 0
+    docs, items = await prepare(batches[0])
+    embedding = asyncio.ensure_future(core.index.embed_items(items))
+    for n in range(len(batches)):
         try:
             inserted = await _insert_new(core, docs)
         finally:
             vectors = await embedding
         stored += len(inserted)
         keep = [i for i, item in enumerate(items) if item.memory_id in inserted]
-        if keep:
-            await core.index.add([items[i] for i in keep], vectors[keep])
+        current = [items[i] for i in keep]
+        if n + 1 < len(batches):
+            docs, items = await prepare(batches[n + 1])
+            embedding = asyncio.ensure_future(core.index.embed_items(items))
+        if current:
+            await core.index.add(current, vectors[keep])
     return stored
 
 

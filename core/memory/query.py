@@ -35,7 +35,8 @@ _ASKS_WHEN = re.compile(
 _AGO = re.compile(r"\b(\d+|a|one|two|three|four|five|six)\s+(day|week|month|year)s?\s+ago\b", re.IGNORECASE)
 _IN_MONTH = re.compile(
     r"\b(?:in|during|on|of)\s+(january|february|march|april|may|june|july|august|september|october|"
-    r"november|december|jan|feb|mar|apr|jun|jul|aug|sep|sept|oct|nov|dec)\b(?:\s*,?\s*((?:19|20)\d\d))?",
+    r"november|december|jan|feb|mar|apr|jun|jul|aug|sep|sept|oct|nov|dec)\b"
+    r"(?:\s+(\d{1,2})(?:st|nd|rd|th)?\b)?(?:\s*,?\s*((?:19|20)\d\d))?",
     re.IGNORECASE,
 )
 _NUMBERS = {"a": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6}
@@ -118,8 +119,12 @@ def time_window(question: str, now: float | None) -> tuple[float, float] | None:
     if month:
         number = _MONTHS.get(month.group(1))
         if number:
-            year = int(month.group(2)) if month.group(2) else (today.year if number <= today.month else today.year - 1)
+            year = int(month.group(3)) if month.group(3) else (today.year if number <= today.month else today.year - 1)
             start = datetime(year, number, 1, tzinfo=timezone.utc)
             end = datetime(year + (number == 12), number % 12 + 1, 1, tzinfo=timezone.utc)
+            day = int(month.group(2)) if month.group(2) else 0
+            if 1 <= day <= calendar.monthrange(year, number)[1]:
+                start = start.replace(day=day) - timedelta(days=1)
+                end = start + timedelta(days=3)
             return span(start, end)
     return None
