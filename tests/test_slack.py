@@ -273,8 +273,12 @@ async def test_file_share_downloads_audio_and_image_with_the_bot_token(
     posts = fake_slack.posts()
     assert [p.args["thread_ts"] for p in posts] == [e["ts"] for e in events]  # each answered, in order
     for post in posts:
-        # whatever the media reader makes of it, the file itself arrived intact
         assert "couldn't download" not in post.args["text"] and "files:read" not in post.args["text"]
+    # the bytes that arrived were the real clip and picture: transcribed and read
+    stored = {d["message_id"]: d async for d in bot.core.store.messages.find({"conversation_id": "D0ALICE"})}
+    voice, image = stored[events[0]["ts"]], stored[events[1]["ts"]]
+    assert voice["media_kind"] == "voice" and "password" in voice["media_text"].lower()
+    assert image["media_kind"] == "image" and "Standup" in image["media_text"]
 
 
 async def test_oversize_and_unreadable_files_get_a_clear_reply(
