@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.media import MediaText  # noqa: E402
-from core.models import Attachment, Message  # noqa: E402
+from core.media import MediaText
+from core.models import Attachment, Message
 
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop"}
 PLATFORM = "bench"
@@ -52,7 +52,7 @@ def log(text: str) -> None:
 def parse_session_time(text: str) -> datetime:
     """'1:56 pm on 8 May, 2023' -> an aware datetime (UTC)."""
     cleaned = " ".join(text.replace(",", " ").split())
-    return datetime.strptime(cleaned, "%I:%M %p on %d %B %Y").replace(tzinfo=timezone.utc)
+    return datetime.strptime(cleaned, "%I:%M %p on %d %B %Y").replace(tzinfo=UTC)
 
 
 _EVIDENCE = re.compile(r"D\s*:?\s*(\d+)\s*:\s*(\d+)")
@@ -83,7 +83,7 @@ def load_samples(path: Path, limit: int | None) -> list[Sample]:
     for entry in raw[:limit] if limit else raw:
         conversation = entry["conversation"]
         turns: list[tuple[Message, list[MediaText]]] = []
-        last = datetime.min.replace(tzinfo=timezone.utc)
+        last = datetime.min.replace(tzinfo=UTC)
         n = 1
         while f"session_{n}" in conversation:
             started = parse_session_time(conversation[f"session_{n}_date_time"])
@@ -94,12 +94,23 @@ def load_samples(path: Path, limit: int | None) -> list[Sample]:
                 attachments: list[Attachment] = []
                 if turn.get("blip_caption"):
                     media = [MediaText("image", turn["blip_caption"])]
-                    attachments = [Attachment("image", Path(str(turn.get("img_url") or "photo.jpg")).name or "photo.jpg",
-                                              "image/jpeg")]
+                    attachments = [
+                        Attachment(
+                            "image",
+                            Path(str(turn.get("img_url") or "photo.jpg")).name or "photo.jpg",
+                            "image/jpeg",
+                        )
+                    ]
                 message = Message(
-                    platform=PLATFORM, conversation_id=entry["sample_id"], message_id=turn["dia_id"],
-                    author_id=turn["speaker"].lower(), author_name=turn["speaker"], text=turn.get("text", ""),
-                    is_dm=False, ts=ts, attachments=attachments,
+                    platform=PLATFORM,
+                    conversation_id=entry["sample_id"],
+                    message_id=turn["dia_id"],
+                    author_id=turn["speaker"].lower(),
+                    author_name=turn["speaker"],
+                    text=turn.get("text", ""),
+                    is_dm=False,
+                    ts=ts,
+                    attachments=attachments,
                 )
                 turns.append((message, media))
                 last = max(last, ts)
@@ -181,8 +192,9 @@ async def run(data: Path, limit: int | None, k: int) -> dict[str, Any]:
         server = SecantusDBServer(storage_path=os.path.join(tmp, "mongo"))
         server.start()
         client: Any = AsyncMongoClient(server.uri, tz_aware=True)
-        chroma = chromadb.PersistentClient(path=os.path.join(tmp, "chroma"),
-                                           settings=ChromaSettings(anonymized_telemetry=False))
+        chroma = chromadb.PersistentClient(
+            path=os.path.join(tmp, "chroma"), settings=ChromaSettings(anonymized_telemetry=False)
+        )
         embedder = make_embedder("local")
         warm_up = getattr(embedder, "warm_up", None)
         if warm_up is not None:
@@ -198,7 +210,9 @@ async def run(data: Path, limit: int | None, k: int) -> dict[str, Any]:
                 ingest_cpu += cpu_seconds() - cpu_started
                 ingest_seconds += elapsed
                 ingested += stored
-                log(f"{sample.sample_id}: ingested {stored} turns in {elapsed:.1f}s ({stored / elapsed:.0f} msg/s)")
+                log(
+                    f"{sample.sample_id}: ingested {stored} turns in {elapsed:.1f}s ({stored / elapsed:.0f} msg/s)"
+                )
                 ids = {message.event_key: message.message_id for message, _ in sample.turns}
                 by_memory = {
                     doc["_id"]: ids[doc["key"]]
@@ -219,8 +233,14 @@ async def run(data: Path, limit: int | None, k: int) -> dict[str, Any]:
                         continue
                     question = str(qa["question"])
                     message = Message(
-                        platform=PLATFORM, conversation_id=sample.sample_id, message_id=f"q{n}",
-                        author_id="asker", author_name="asker", text=question, is_dm=False, ts=asked_at,
+                        platform=PLATFORM,
+                        conversation_id=sample.sample_id,
+                        message_id=f"q{n}",
+                        author_id="asker",
+                        author_name="asker",
+                        text=question,
+                        is_dm=False,
+                        ts=asked_at,
                     )
                     t0, cpu0 = time.perf_counter(), cpu_seconds()
                     await index.search(scope, question, k, now=asked_at.timestamp())
@@ -278,7 +298,9 @@ def print_table(result: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, required=True, help="a LoCoMo-format JSON file")
     parser.add_argument("--limit", type=int, default=None, help="only the first N conversations")
     parser.add_argument("--k", type=int, default=10, help="memories retrieved per question (>= 10)")

@@ -19,7 +19,7 @@ import random
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,22 +29,86 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.locomo import cpu_seconds, log, peak_rss_mb, percentile  # noqa: E402
-from core.media import MediaText  # noqa: E402
-from core.models import Message  # noqa: E402
+from bench.locomo import cpu_seconds, log, peak_rss_mb, percentile
+from core.media import MediaText
+from core.models import Message
 
-PEOPLE = ["Alice", "Bruno", "Chen", "Dana", "Emeka", "Farah", "Gustav", "Hana", "Ivan", "Jade", "Kofi", "Lena"]
-PLACES = ["Lisbon", "the lake", "grandma's house", "the climbing gym", "Kyoto", "the farmers market", "the office",
-          "the new ramen place", "Berlin", "the beach", "the library", "my cousin's wedding", "the dentist",
-          "the mountains", "a jazz bar", "the vet", "the conference in Austin", "the community garden"]
-ACTIVITIES = ["hiking", "baking sourdough", "learning Spanish", "running a half marathon", "painting with watercolors",
-              "fixing my bike", "reading a sci-fi novel", "playing chess online", "repotting the plants",
-              "training the puppy", "planning the trip", "doing pottery", "writing my thesis", "playing guitar",
-              "volunteering at the shelter", "studying for the exam", "building a bookshelf"]
-FEELINGS = ["so relaxing", "exhausting but worth it", "honestly the best part of my week", "harder than I thought",
-            "really fun", "a bit stressful", "amazing", "pretty boring", "super rewarding"]
-WHEN = ["yesterday", "last weekend", "this morning", "two weeks ago", "last month", "on Friday", "tonight",
-        "next Saturday", "over the holidays", "after work"]
+PEOPLE = [
+    "Alice",
+    "Bruno",
+    "Chen",
+    "Dana",
+    "Emeka",
+    "Farah",
+    "Gustav",
+    "Hana",
+    "Ivan",
+    "Jade",
+    "Kofi",
+    "Lena",
+]
+PLACES = [
+    "Lisbon",
+    "the lake",
+    "grandma's house",
+    "the climbing gym",
+    "Kyoto",
+    "the farmers market",
+    "the office",
+    "the new ramen place",
+    "Berlin",
+    "the beach",
+    "the library",
+    "my cousin's wedding",
+    "the dentist",
+    "the mountains",
+    "a jazz bar",
+    "the vet",
+    "the conference in Austin",
+    "the community garden",
+]
+ACTIVITIES = [
+    "hiking",
+    "baking sourdough",
+    "learning Spanish",
+    "running a half marathon",
+    "painting with watercolors",
+    "fixing my bike",
+    "reading a sci-fi novel",
+    "playing chess online",
+    "repotting the plants",
+    "training the puppy",
+    "planning the trip",
+    "doing pottery",
+    "writing my thesis",
+    "playing guitar",
+    "volunteering at the shelter",
+    "studying for the exam",
+    "building a bookshelf",
+]
+FEELINGS = [
+    "so relaxing",
+    "exhausting but worth it",
+    "honestly the best part of my week",
+    "harder than I thought",
+    "really fun",
+    "a bit stressful",
+    "amazing",
+    "pretty boring",
+    "super rewarding",
+]
+WHEN = [
+    "yesterday",
+    "last weekend",
+    "this morning",
+    "two weeks ago",
+    "last month",
+    "on Friday",
+    "tonight",
+    "next Saturday",
+    "over the holidays",
+    "after work",
+]
 TEMPLATES = [
     "I went to {place} {when}, it was {feeling}.",
     "{when} I started {activity}. It's {feeling}!",
@@ -61,9 +125,14 @@ TEMPLATES = [
 ]
 RELATIVES = ["sister", "brother", "mom", "dad", "cousin", "roommate", "neighbor", "boss"]
 QUESTIONS = [
-    "When did {person} go to {place}?", "What did {person} start doing?", "Who is into {activity}?",
-    "Where are we meeting?", "What did {person}'s {relative} get them into?", "What did {person} say about {place}?",
-    "Has anyone tried {activity}?", "What happened last weekend?",
+    "When did {person} go to {place}?",
+    "What did {person} start doing?",
+    "Who is into {activity}?",
+    "Where are we meeting?",
+    "What did {person}'s {relative} get them into?",
+    "What did {person} say about {place}?",
+    "Has anyone tried {activity}?",
+    "What happened last weekend?",
 ]
 
 
@@ -71,18 +140,30 @@ def synthetic_messages(count: int, seed: int = 7, start_index: int = 0) -> list[
     rng = random.Random(seed + start_index)
     out = []
     for _ in range(count):
-        out.append(rng.choice(TEMPLATES).format(
-            place=rng.choice(PLACES), when=rng.choice(WHEN), feeling=rng.choice(FEELINGS),
-            activity=rng.choice(ACTIVITIES), person=rng.choice(PEOPLE), relative=rng.choice(RELATIVES),
-        ))
+        out.append(
+            rng.choice(TEMPLATES).format(
+                place=rng.choice(PLACES),
+                when=rng.choice(WHEN),
+                feeling=rng.choice(FEELINGS),
+                activity=rng.choice(ACTIVITIES),
+                person=rng.choice(PEOPLE),
+                relative=rng.choice(RELATIVES),
+            )
+        )
     return out
 
 
 def synthetic_questions(count: int, seed: int = 11) -> list[str]:
     rng = random.Random(seed)
-    return [rng.choice(QUESTIONS).format(place=rng.choice(PLACES), activity=rng.choice(ACTIVITIES),
-                                         person=rng.choice(PEOPLE), relative=rng.choice(RELATIVES))
-            for _ in range(count)]
+    return [
+        rng.choice(QUESTIONS).format(
+            place=rng.choice(PLACES),
+            activity=rng.choice(ACTIVITIES),
+            person=rng.choice(PEOPLE),
+            relative=rng.choice(RELATIVES),
+        )
+        for _ in range(count)
+    ]
 
 
 async def run(maximum: int, queries: int) -> list[dict[str, Any]]:
@@ -97,17 +178,20 @@ async def run(maximum: int, queries: int) -> list[dict[str, Any]]:
     from core.memory.index import MemoryIndex
     from core.store import Store
 
-    checkpoints = [c for c in (1_000, 5_000, 10_000, 25_000, 50_000, 100_000, 200_000) if c < maximum] + [maximum]
+    checkpoints = [c for c in (1_000, 5_000, 10_000, 25_000, 50_000, 100_000, 200_000) if c < maximum] + [
+        maximum
+    ]
     questions = synthetic_questions(queries)
     rows: list[dict[str, Any]] = []
-    clock = datetime(2024, 1, 1, 9, tzinfo=timezone.utc)
+    clock = datetime(2024, 1, 1, 9, tzinfo=UTC)
     rng = random.Random(3)
     with tempfile.TemporaryDirectory(prefix="mnemo-scale-") as tmp:
         server = SecantusDBServer(storage_path=os.path.join(tmp, "mongo"))
         server.start()
         client: Any = AsyncMongoClient(server.uri, tz_aware=True)
-        chroma = chromadb.PersistentClient(path=os.path.join(tmp, "chroma"),
-                                           settings=ChromaSettings(anonymized_telemetry=False))
+        chroma = chromadb.PersistentClient(
+            path=os.path.join(tmp, "chroma"), settings=ChromaSettings(anonymized_telemetry=False)
+        )
         embedder = make_embedder("local")
         warm_up = getattr(embedder, "warm_up", None)
         if warm_up is not None:
@@ -122,12 +206,27 @@ async def run(maximum: int, queries: int) -> list[dict[str, Any]]:
                 entries: list[tuple[Message, list[MediaText]]] = []
                 for n, text in enumerate(texts, start=size):
                     # Bursts of conversation, then a quiet gap of hours to days.
-                    clock += timedelta(seconds=rng.randint(5, 90)) if rng.random() > 0.03 else timedelta(
-                        hours=rng.randint(3, 60))
+                    clock += (
+                        timedelta(seconds=rng.randint(5, 90))
+                        if rng.random() > 0.03
+                        else timedelta(hours=rng.randint(3, 60))
+                    )
                     author = rng.choice(PEOPLE)
-                    entries.append((Message(platform="bench", conversation_id="big-group", message_id=str(n),
-                                            author_id=author.lower(), author_name=author, text=text, is_dm=False,
-                                            ts=clock), []))
+                    entries.append(
+                        (
+                            Message(
+                                platform="bench",
+                                conversation_id="big-group",
+                                message_id=str(n),
+                                author_id=author.lower(),
+                                author_name=author,
+                                text=text,
+                                is_dm=False,
+                                ts=clock,
+                            ),
+                            [],
+                        )
+                    )
                 started, cpu_started = time.perf_counter(), cpu_seconds()
                 for at in range(0, len(entries), 2000):
                     await core.ingest_history(entries[at : at + 2000])
@@ -166,17 +265,23 @@ async def run(maximum: int, queries: int) -> list[dict[str, Any]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--max", type=int, default=100_000, help="memories in the scope at the end")
     parser.add_argument("--queries", type=int, default=50, help="searches timed at each checkpoint")
     args = parser.parse_args()
     rows = asyncio.run(run(args.max, args.queries))
-    print(f"{'memories':>9} {'ingest msg/s':>13} {'msg/CPU-s':>10} {'search p50 ms':>14} {'search p95 ms':>14} "
-          f"{'CPU-ms/search':>14} {'peak RSS MB':>12} {'load':>5}")
+    print(
+        f"{'memories':>9} {'ingest msg/s':>13} {'msg/CPU-s':>10} {'search p50 ms':>14} {'search p95 ms':>14} "
+        f"{'CPU-ms/search':>14} {'peak RSS MB':>12} {'load':>5}"
+    )
     for row in rows:
-        print(f"{row['memories']:>9} {row['ingest_msgs_per_s']:>13} {row['ingest_msgs_per_cpu_s']:>10} "
-              f"{row['search_p50_ms']:>14} {row['search_p95_ms']:>14} {row['search_cpu_ms']:>14} "
-              f"{row['peak_rss_mb']:>12} {row['load_avg_1m']:>5}")
+        print(
+            f"{row['memories']:>9} {row['ingest_msgs_per_s']:>13} {row['ingest_msgs_per_cpu_s']:>10} "
+            f"{row['search_p50_ms']:>14} {row['search_p95_ms']:>14} {row['search_cpu_ms']:>14} "
+            f"{row['peak_rss_mb']:>12} {row['load_avg_1m']:>5}"
+        )
     print(json.dumps({"rows": rows}), flush=True)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,17 +15,25 @@ from core.memory.index import MemoryIndex, MemoryItem
 from core.memory.query import plan_query
 from core.models import Message, PlatformLimits, Reply, Scope
 
-NOW = datetime(2025, 6, 20, 18, 0, tzinfo=timezone.utc)
+NOW = datetime(2025, 6, 20, 18, 0, tzinfo=UTC)
 
 CHATTER = [
-    "Did anyone watch the game last night?", "I'm making lasagna tonight, who's in?",
-    "The printer on the second floor is jammed again.", "Happy birthday Sam!! 🎉",
-    "Traffic on the bridge was terrible this morning.", "Can someone send the slides from Monday?",
-    "I finally finished that 900-page novel.", "My cat knocked a plant off the shelf lol",
-    "We need more coffee filters in the kitchen.", "Anyone up for a run on Saturday?",
-    "The new intern starts next week.", "It's raining again, of course.",
-    "I think I left my umbrella at the cafe.", "Reminder: rent is due on the first.",
-    "That podcast about octopuses was wild.", "Who took my stapler?",
+    "Did anyone watch the game last night?",
+    "I'm making lasagna tonight, who's in?",
+    "The printer on the second floor is jammed again.",
+    "Happy birthday Sam!! 🎉",
+    "Traffic on the bridge was terrible this morning.",
+    "Can someone send the slides from Monday?",
+    "I finally finished that 900-page novel.",
+    "My cat knocked a plant off the shelf lol",
+    "We need more coffee filters in the kitchen.",
+    "Anyone up for a run on Saturday?",
+    "The new intern starts next week.",
+    "It's raining again, of course.",
+    "I think I left my umbrella at the cafe.",
+    "Reminder: rent is due on the first.",
+    "That podcast about octopuses was wild.",
+    "Who took my stapler?",
 ]
 
 
@@ -49,8 +57,16 @@ class RecordingPlatform:
 
 
 def said(text: str, *, who: str, when: datetime, mid: str, group: str = "friends") -> Message:
-    return Message(platform="test", conversation_id=group, message_id=mid, author_id=who.lower(), author_name=who,
-                   text=text, is_dm=False, ts=when)
+    return Message(
+        platform="test",
+        conversation_id=group,
+        message_id=mid,
+        author_id=who.lower(),
+        author_name=who,
+        text=text,
+        is_dm=False,
+        ts=when,
+    )
 
 
 async def remember(core: Core, messages: list[Message]) -> None:
@@ -80,9 +96,16 @@ async def ask(core: Core, question: str, group: str = "friends", k: int = 3) -> 
 async def test_a_fact_said_months_ago_answers_a_paraphrased_question(make_core: Any) -> None:
     core = await make_core()
     core.register(RecordingPlatform())
-    await remember(core, history("friends", NOW - timedelta(days=150), [
-        ("Alice", "My sister Ana is relocating to Porto in the autumn for a job at a bakery."),
-    ]))
+    await remember(
+        core,
+        history(
+            "friends",
+            NOW - timedelta(days=150),
+            [
+                ("Alice", "My sister Ana is relocating to Porto in the autumn for a job at a bakery."),
+            ],
+        ),
+    )
     top = await ask(core, "Which city is Alice's sibling moving to?")
     assert "Porto" in top[0], top
 
@@ -91,9 +114,16 @@ async def test_the_bot_reply_cites_what_recall_finds(make_core: Any) -> None:
     core = await make_core()  # no model: retrieval-only replies list the memories found
     platform = RecordingPlatform()
     core.register(platform)
-    await remember(core, history("friends", NOW - timedelta(days=120), [
-        ("Alice", "The wifi password for the cabin is bluefalcon77."),
-    ]))
+    await remember(
+        core,
+        history(
+            "friends",
+            NOW - timedelta(days=120),
+            [
+                ("Alice", "The wifi password for the cabin is bluefalcon77."),
+            ],
+        ),
+    )
     question = said("@mnemo what's the cabin wifi password?", who="Robin", when=NOW, mid="ask-1")
     question.mentions_bot = True
     await core.handle(question)
@@ -104,10 +134,17 @@ async def test_the_bot_reply_cites_what_recall_finds(make_core: Any) -> None:
 async def test_the_person_named_in_the_question_is_preferred(make_core: Any) -> None:
     core = await make_core()
     core.register(RecordingPlatform())
-    await remember(core, history("friends", NOW - timedelta(days=100), [
-        ("Alice", "I want to adopt a dog from the shelter this year."),
-        ("Bruno", "I want to adopt a cat from the shelter this year."),
-    ]))
+    await remember(
+        core,
+        history(
+            "friends",
+            NOW - timedelta(days=100),
+            [
+                ("Alice", "I want to adopt a dog from the shelter this year."),
+                ("Bruno", "I want to adopt a cat from the shelter this year."),
+            ],
+        ),
+    )
     top = await ask(core, "What pet does Bruno want to adopt?")
     assert "cat" in top[0], top
     top = await ask(core, "What pet does Alice want to adopt?")
@@ -122,8 +159,12 @@ async def test_an_answer_is_found_through_the_question_it_answered(make_core: An
     messages = history("friends", start - timedelta(days=200), [])
     messages += [
         said("Alice, where did you go on holiday in the end?", who="Bruno", when=start, mid="h1"),
-        said("Lisbon, for a week! Ate way too many pastries.", who="Alice", when=start + timedelta(minutes=1),
-             mid="h2"),
+        said(
+            "Lisbon, for a week! Ate way too many pastries.",
+            who="Alice",
+            when=start + timedelta(minutes=1),
+            mid="h2",
+        ),
         said("Nice, I have never been there.", who="Bruno", when=start + timedelta(minutes=2), mid="h3"),
     ]
     await remember(core, messages)
@@ -134,13 +175,24 @@ async def test_an_answer_is_found_through_the_question_it_answered(make_core: An
 async def test_last_week_means_last_week(make_core: Any) -> None:
     core = await make_core()
     core.register(RecordingPlatform())
-    await remember(core, [
-        said("We had dinner at Casa Nostra, the pasta was great.", who="Alice", when=NOW - timedelta(days=200),
-             mid="d1"),
-        said("We had dinner at Golden Lotus, the dumplings were great.", who="Alice",
-             when=NOW - timedelta(days=9), mid="d2"),
-        *history("friends", NOW - timedelta(days=300), []),
-    ])
+    await remember(
+        core,
+        [
+            said(
+                "We had dinner at Casa Nostra, the pasta was great.",
+                who="Alice",
+                when=NOW - timedelta(days=200),
+                mid="d1",
+            ),
+            said(
+                "We had dinner at Golden Lotus, the dumplings were great.",
+                who="Alice",
+                when=NOW - timedelta(days=9),
+                mid="d2",
+            ),
+            *history("friends", NOW - timedelta(days=300), []),
+        ],
+    )
     assert plan_query("where did we eat last week?", set(), NOW.timestamp()).window is not None
     top = await ask(core, "Where did Alice have dinner last week?")
     assert "Golden Lotus" in top[0], top
@@ -149,14 +201,32 @@ async def test_last_week_means_last_week(make_core: Any) -> None:
 async def test_a_search_in_one_scope_never_returns_another_scopes_memory(make_core: Any) -> None:
     core = await make_core()
     core.register(RecordingPlatform())
-    await remember(core, [said("Our launch code name is PELICAN.", who="Alice", when=NOW - timedelta(days=3),
-                               mid="g1", group="team-a")])
-    dm = Message(platform="test", conversation_id="dm-bruno", message_id="x1", author_id="bruno",
-                 author_name="Bruno", text="My launch code name is HERON, keep it secret.", is_dm=True,
-                 ts=NOW - timedelta(days=2))
+    await remember(
+        core,
+        [
+            said(
+                "Our launch code name is PELICAN.",
+                who="Alice",
+                when=NOW - timedelta(days=3),
+                mid="g1",
+                group="team-a",
+            )
+        ],
+    )
+    dm = Message(
+        platform="test",
+        conversation_id="dm-bruno",
+        message_id="x1",
+        author_id="bruno",
+        author_name="Bruno",
+        text="My launch code name is HERON, keep it secret.",
+        is_dm=True,
+        ts=NOW - timedelta(days=2),
+    )
     await core.handle(dm)
-    await remember(core, [said("Lunch at noon?", who="Carla", when=NOW - timedelta(days=1), mid="b1",
-                               group="team-b")])
+    await remember(
+        core, [said("Lunch at noon?", who="Carla", when=NOW - timedelta(days=1), mid="b1", group="team-b")]
+    )
     # Asked in team-b, by the very person whose DM holds the answer: neither other scope leaks.
     asker = said("what is the launch code name?", who="Bruno", when=NOW, mid="q1", group="team-b")
     texts = [s.text for s in await core.recall(asker, asker.text, 10)]
@@ -171,11 +241,15 @@ async def test_a_search_in_one_scope_never_returns_another_scopes_memory(make_co
 async def test_a_deleted_memory_is_gone_from_word_and_meaning_search(make_core: Any, data_dir: Path) -> None:
     core = await make_core()
     core.register(RecordingPlatform())
-    secret = said("My locker combination is 4471-zebra.", who="Alice", when=NOW - timedelta(days=40), mid="s1")
+    secret = said(
+        "My locker combination is 4471-zebra.", who="Alice", when=NOW - timedelta(days=40), mid="s1"
+    )
     await remember(core, [*history("friends", NOW - timedelta(days=200), []), secret])
     scope = secret.scope
     assert "4471-zebra" in (await core.index.search(scope, "4471-zebra", 3))[0].document  # words
-    assert "4471-zebra" in (await core.index.search(scope, "what opens Alice's locker?", 3))[0].document  # meaning
+    assert (
+        "4471-zebra" in (await core.index.search(scope, "what opens Alice's locker?", 3))[0].document
+    )  # meaning
     stored = await core.store.get_message(secret.event_key)
     assert stored is not None
     await core.index.delete(scope, [stored["_id"]])
@@ -196,8 +270,18 @@ async def test_a_memory_written_by_another_worker_is_found(make_core: Any) -> No
     scope = Scope("group", "test", "friends")
     assert await core.index.search(scope, "printer", 3)  # this worker now holds a view of the scope
     other = MemoryIndex(core.index.chroma, core.index.embedder)
-    await other.add([MemoryItem("m-other", scope, "The spare key is under the blue flowerpot.", "Alice",
-                                (NOW - timedelta(days=1)).timestamp(), conversation_key="test:friends")])
+    await other.add(
+        [
+            MemoryItem(
+                "m-other",
+                scope,
+                "The spare key is under the blue flowerpot.",
+                "Alice",
+                (NOW - timedelta(days=1)).timestamp(),
+                conversation_key="test:friends",
+            )
+        ]
+    )
     hits = await core.index.search(scope, "where is the spare key?", 3)
     assert hits[0].memory_id == "m-other"
 
@@ -206,7 +290,8 @@ async def test_bulk_import_stores_and_remembers_like_the_pipeline(make_core: Any
     core = await make_core()
     messages = history("imported", NOW - timedelta(days=100), [("Alice", "I'm allergic to peanuts.")])
     photo = said("", who="Bruno", when=NOW - timedelta(days=1), mid="img", group="imported")
-    entries = [(m, []) for m in messages] + [(photo, [MediaText("image", "a red kayak on a lake at sunset")])]
+    entries: list[tuple[Message, list[MediaText]]] = [(m, []) for m in messages]
+    entries += [(photo, [MediaText("image", "a red kayak on a lake at sunset")])]
     assert await core.ingest_history(entries) == len(entries)
     assert await core.ingest_history(entries) == 0  # already stored: nothing twice
     scope = Scope("group", "test", "imported")
@@ -229,5 +314,5 @@ async def test_a_large_scope_ranks_from_the_nearest_neighbour_pool(make_core: An
     exact = MemoryIndex(core.index.chroma, core.index.embedder)
     for question in ("where is the passport kept?", "what travel document is in a folder?"):
         assert "passport" in (await pooled.search(scope, question, 3))[0].document
-        assert [h.memory_id for h in await pooled.search(scope, question, 3)][0] == \
-            [h.memory_id for h in await exact.search(scope, question, 3)][0]
+        pooled_top = (await pooled.search(scope, question, 3))[0].memory_id
+        assert pooled_top == (await exact.search(scope, question, 3))[0].memory_id

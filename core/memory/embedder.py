@@ -80,7 +80,10 @@ class LocalEmbedder:
 
     def _encode_chunk(self, texts: list[str]) -> np.ndarray:
         vectors = self._model.encode(
-            texts, batch_size=self.batch_size, convert_to_numpy=True, normalize_embeddings=True,
+            texts,
+            batch_size=self.batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
             show_progress_bar=False,
         )
         return np.asarray(vectors, dtype=np.float32)

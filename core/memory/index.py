@@ -68,7 +68,11 @@ def collection_name(scope: Scope) -> str:
 
 class MemoryIndex:
     def __init__(
-        self, chroma: Any, embedder: Embedder, max_cached_memories: int = 400_000, exact_limit: int = EXACT_LIMIT
+        self,
+        chroma: Any,
+        embedder: Embedder,
+        max_cached_memories: int = 400_000,
+        exact_limit: int = EXACT_LIMIT,
     ) -> None:
         self.chroma = chroma
         self.embedder = embedder
@@ -129,7 +133,9 @@ class MemoryIndex:
         vectors: list[np.ndarray] = []
         page = 5000
         for offset in range(0, count, page):
-            batch = collection.get(include=["documents", "metadatas", "embeddings"], limit=page, offset=offset)
+            batch = collection.get(
+                include=["documents", "metadatas", "embeddings"], limit=page, offset=offset
+            )
             ids.extend(batch["ids"])
             documents.extend(d or "" for d in batch["documents"])
             metadatas.extend(dict(m or {}) for m in batch["metadatas"])

@@ -53,9 +53,14 @@ async def ingest_history(
             if conv not in settings_cache:
                 settings_cache[conv] = (await core.settings.get(conv)).memory == "on"
             if message.user_key not in opted_out:
-                opted_out[message.user_key] = bool((await core.store.get_user(message.user_key)).get("opted_out"))
+                opted_out[message.user_key] = bool(
+                    (await core.store.get_user(message.user_key)).get("opted_out")
+                )
             doc["remembered"] = bool(
-                doc["remember"] and content.strip() and settings_cache[conv] and not opted_out[message.user_key]
+                doc["remember"]
+                and content.strip()
+                and settings_cache[conv]
+                and not opted_out[message.user_key]
             )
             doc["state"] = DONE
             docs.append(doc)

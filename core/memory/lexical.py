@@ -13,12 +13,7 @@ import numpy as np
 
 _TOKEN = re.compile(r"[\w']+", re.UNICODE)
 STOPWORDS = frozenset(
-    """a an the and or but if then so of to in on at by for with from as is are was were be been being
-    do does did doing have has had having i me my mine we us our you your he him his she her it its they
-    them their what which who whom whose this that these those am will would shall should can could may
-    might must not no nor too very just than there here when where why how all any both each few more
-    most other some such only own same into over under again further once about above below up down out
-    off s t don't i'm it's that's what's""".split()
+    ["a", "an", "the", "and", "or", "but", "if", "then", "so", "of", "to", "in", "on", "at", "by", "for", "with", "from", "as", "is", "are", "was", "were", "be", "been", "being", "do", "does", "did", "doing", "have", "has", "had", "having", "i", "me", "my", "mine", "we", "us", "our", "you", "your", "he", "him", "his", "she", "her", "it", "its", "they", "them", "their", "what", "which", "who", "whom", "whose", "this", "that", "these", "those", "am", "will", "would", "shall", "should", "can", "could", "may", "might", "must", "not", "no", "nor", "too", "very", "just", "than", "there", "here", "when", "where", "why", "how", "all", "any", "both", "each", "few", "more", "most", "other", "some", "such", "only", "own", "same", "into", "over", "under", "again", "further", "once", "about", "above", "below", "up", "down", "out", "off", "s", "t", "don't", "i'm", "it's", "that's", "what's"]
 )
 
 
@@ -37,8 +32,7 @@ def words(text: str) -> list[str]:
     found = []
     for raw in _TOKEN.findall(text.lower()):
         raw = raw.strip("'")
-        if raw.endswith("'s"):
-            raw = raw[:-2]
+        raw = raw.removesuffix("'s")
         if raw:
             found.append(raw)
     return found
@@ -73,7 +67,13 @@ class Postings:
 
 
 def bm25(
-    tf: np.ndarray, doc_len: np.ndarray, avg_len: float, df: int, n_docs: int, k1: float = 1.2, b: float = 0.75
+    tf: np.ndarray,
+    doc_len: np.ndarray,
+    avg_len: float,
+    df: int,
+    n_docs: int,
+    k1: float = 1.2,
+    b: float = 0.75,
 ) -> np.ndarray:
     """Okapi BM25 of one term for rows with term frequency `tf` (arrays over the same rows)."""
     idf = np.log(1.0 + (n_docs - df + 0.5) / (df + 0.5))

@@ -13,9 +13,9 @@ from __future__ import annotations
 import calendar
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
-from core.memory.lexical import words
+from core.memory.lexical import STOPWORDS, words
 
 _MONTHS = {name.lower(): i for i, name in enumerate(calendar.month_name) if name}
 _MONTHS.update({name.lower(): i for i, name in enumerate(calendar.month_abbr) if name})
@@ -68,15 +68,16 @@ def plan_query(question: str, author_names: set[str], now: float | None = None) 
         parts = name.split()
         if parts:
             first_names.setdefault(parts[0], name)
+    tokens -= STOPWORDS  # a person called "Will" is not named by "what will we do?"
     for name in author_names:
-        if name in tokens or all(part in tokens for part in name.split()):
+        if name in tokens or (name.split() and all(part in tokens for part in name.split())):
             named.add(name)
     for first, name in first_names.items():
         if first in tokens and len(first) > 2:
             named.add(name)
     semantic = question
-    for name in sorted({part for name in named for part in name.split()}, key=len, reverse=True):
-        semantic = re.sub(rf"\b{re.escape(name)}('s)?\b", " ", semantic, flags=re.IGNORECASE)
+    for part in sorted({part for name in named for part in name.split()}, key=len, reverse=True):
+        semantic = re.sub(rf"\b{re.escape(part)}('s)?\b", " ", semantic, flags=re.IGNORECASE)
     semantic = " ".join(semantic.split())
     if len(words(semantic)) < 2:
         semantic = question  # the question is little more than a name: keep it whole
@@ -87,7 +88,7 @@ def time_window(question: str, now: float | None) -> tuple[float, float] | None:
     """A window of message times the question refers to, relative to `now`, or None."""
     if now is None:
         return None
-    today = datetime.fromtimestamp(now, tz=timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    today = datetime.fromtimestamp(now, tz=UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     text = question.lower()
 
     def span(start: datetime, end: datetime) -> tuple[float, float]:
@@ -119,9 +120,13 @@ def time_window(question: str, now: float | None) -> tuple[float, float] | None:
     if month:
         number = _MONTHS.get(month.group(1))
         if number:
-            year = int(month.group(3)) if month.group(3) else (today.year if number <= today.month else today.year - 1)
-            start = datetime(year, number, 1, tzinfo=timezone.utc)
-            end = datetime(year + (number == 12), number % 12 + 1, 1, tzinfo=timezone.utc)
+            year = (
+                int(month.group(3))
+                if month.group(3)
+                else (today.year if number <= today.month else today.year - 1)
+            )
+            start = datetime(year, number, 1, tzinfo=UTC)
+            end = datetime(year + (number == 12), number % 12 + 1, 1, tzinfo=UTC)
             day = int(month.group(2)) if month.group(2) else 0
             if 1 <= day <= calendar.monthrange(year, number)[1]:
                 start = start.replace(day=day) - timedelta(days=1)

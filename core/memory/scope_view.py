@@ -45,6 +45,7 @@ def one_blas_thread() -> contextlib.AbstractContextManager[object]:
     they wait on each other (measured 18 ms instead of 2 ms for 10,000 vectors)."""
     return _BLAS.limit(limits=1, user_api="blas") if _BLAS is not None else contextlib.nullcontext()
 
+
 # Messages of one conversation more than this far apart belong to different sessions.
 SESSION_GAP_S = 2 * 3600
 # Ranking weights, tuned on LoCoMo dev conversations (bench/locomo.py); results are flat around
@@ -110,7 +111,17 @@ class ScopeView:
 
     def _grow(self) -> None:
         capacity = len(self.alive) * 2
-        for name in ("alive", "ts", "prev", "next", "session", "context_norm", "length", "has_time", "author"):
+        for name in (
+            "alive",
+            "ts",
+            "prev",
+            "next",
+            "session",
+            "context_norm",
+            "length",
+            "has_time",
+            "author",
+        ):
             old = getattr(self, name)
             new = np.full(capacity, -1 if name in ("prev", "next") else 0, dtype=old.dtype)
             if name == "context_norm":
@@ -250,8 +261,10 @@ class ScopeView:
         if NEIGHBOR_WEIGHT:
             finite = np.where(np.isfinite(score), score, 0.0)
             before, after = self.prev[candidates], self.next[candidates]
-            near = np.maximum(np.where(before >= 0, finite[np.maximum(before, 0)], 0.0),
-                              np.where(after >= 0, finite[np.maximum(after, 0)], 0.0))
+            near = np.maximum(
+                np.where(before >= 0, finite[np.maximum(before, 0)], 0.0),
+                np.where(after >= 0, finite[np.maximum(after, 0)], 0.0),
+            )
             final = final + NEIGHBOR_WEIGHT * near
         order = np.argsort(-final)[:k]
         return [Ranked(self.ids[candidates[i]], float(final[i]), int(candidates[i])) for i in order]
