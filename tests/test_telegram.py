@@ -48,7 +48,7 @@ MENTION = f"@{BOT_USERNAME}"
 SECRET = "s3cret-Token_for-webhooks"
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
+async def eventually(check: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
@@ -127,7 +127,8 @@ async def test_dm_answer_cites_earlier_message_threaded_in_html(bot: Running, te
     await bot.start()
     dm = private_chat(ALICE)
     fact = telegram.push(telegram.message(dm, ALICE, "My sister's wedding is in Porto on June 14 <3 & cake"))
-    await eventually(lambda: replies_to(telegram, fact), what="reply to the fact")
+    # Generous: the first message of a session may wait for the local embedding model to load.
+    await eventually(lambda: replies_to(telegram, fact), 180, "reply to the fact")
     question = telegram.push(telegram.message(dm, ALICE, "Where is my sister's wedding?"))
     [answer] = await eventually(lambda: replies_to(telegram, question), what="answer")
 

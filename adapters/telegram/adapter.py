@@ -126,7 +126,10 @@ class TelegramAdapter:
             await self._stopping.wait()
         else:
             # getUpdates refuses to work while a webhook is set (e.g. left over from webhook mode).
-            await self._until_stopped(self.bot.delete_webhook(drop_pending_updates=False))
+            try:
+                await self._until_stopped(self.bot.delete_webhook(drop_pending_updates=False))
+            except TelegramAPIError as exc:  # getUpdates will say so if a webhook is really in the way
+                log.warning("Telegram: deleteWebhook failed (%s)", type(exc).__name__)
             await self._poll()
 
     async def stop(self) -> None:
@@ -163,16 +166,23 @@ class TelegramAdapter:
 
     async def _set_webhook(self) -> None:
         assert self.webhook_url is not None
-        try:
-            await self.bot.set_webhook(
-                self.webhook_url, secret_token=self.webhook_secret, allowed_updates=ALLOWED_UPDATES,
-                drop_pending_updates=False,
-            )
-        except TelegramBadRequest as exc:
-            raise FatalPlatformError(
-                f"TELEGRAM_WEBHOOK_URL was refused by Telegram ({exc.message}); it must be a public https URL "
-                f"that reaches this server's {WEBHOOK_PATH}"
-            ) from exc
+        delay = 1.0
+        while not self._stopping.is_set():
+            try:
+                await self.bot.set_webhook(
+                    self.webhook_url, secret_token=self.webhook_secret, allowed_updates=ALLOWED_UPDATES,
+                    drop_pending_updates=False,
+                )
+                return
+            except TelegramBadRequest as exc:
+                raise FatalPlatformError(
+                    f"TELEGRAM_WEBHOOK_URL was refused by Telegram ({exc.message}); it must be a public https "
+                    f"URL that reaches this server's {WEBHOOK_PATH}"
+                ) from exc
+            except TelegramAPIError as exc:
+                log.warning("Telegram: setWebhook failed (%s); retrying in %.0fs", type(exc).__name__, delay)
+                await self._pause(delay)
+                delay = min(delay * 2, 30)
 
     async def _until_stopped(self, work: Awaitable[T]) -> T:
         """Await `work` unless stop() is called first (a long poll must not delay shutdown)."""
