@@ -3,7 +3,6 @@ and which files it carries (declared with their size, downloaded only when the c
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -13,7 +12,6 @@ from aiogram.types import MessageEntity
 
 from core.models import Attachment, AttachmentKind, Message
 
-log = logging.getLogger(__name__)
 
 PLATFORM = "telegram"
 
