@@ -19,7 +19,7 @@ SUPPORTED = "voice notes and audio (OGG/Opus, MP3, M4A/AAC, WAV, WebM) and image
 def sniff(data: bytes) -> Family | None:
     """The family a file's leading bytes announce, or None when they announce neither."""
     head = data[:16]
-    if head.startswith(b"\x89PNG\r\n\x1a\n") or head.startswith(b"\xff\xd8\xff") or head.startswith(b"GIF8"):
+    if head.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF8")):
         return "image"
     if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
         return "image"

@@ -104,7 +104,7 @@ def data_url(image: Image.Image, data: bytes) -> str:
     """The image as a data URL a vision model accepts: the original PNG/JPEG when it is small
     enough, otherwise (GIF, WebP, huge) a re-encoded first frame."""
     original = (image.width <= VISION_MAX_SIDE and image.height <= VISION_MAX_SIDE
-                and (data.startswith(b"\x89PNG") or data.startswith(b"\xff\xd8\xff")))
+                and (data.startswith((b"\x89PNG", b"\xff\xd8\xff"))))
     if original:
         mime = "image/png" if data.startswith(b"\x89PNG") else "image/jpeg"
         payload = data
