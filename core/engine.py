@@ -399,7 +399,7 @@ class Core:
             text=content,
             author=doc["author_name"],
             ts=to_datetime(doc["ts"]).timestamp(),
-            source_kind=media[0].kind if media and not doc["text"].strip() else "text",
+            source_kind=media[0].kind if media else "text",  # a captioned photo is still an image
             conversation_key=doc["conversation_key"],
             author_key=doc["author_key"],
         )
@@ -422,7 +422,7 @@ class Core:
                 continue  # forgotten or out of scope: never shown
             media_kind = found.get("media_kind")
             text = memory_text(found["text"], [MediaText(media_kind, found["media_text"])] if media_kind else [])
-            kind = media_kind if media_kind and not found["text"].strip() else "text"
+            kind = media_kind or "text"
             sources.append(
                 Source(len(sources) + 1, memory_id, found["author_name"], to_datetime(found["ts"]), text,
                        found.get("link"), kind)

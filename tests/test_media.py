@@ -141,9 +141,8 @@ def test_retrieval_only_mode_lists_voice_and_image_memories(
     replies = result.stdout.split("Retrieval-only mode")
     birthday, wifi = replies[-2], replies[-1]
     assert _footnote(birthday, "voice note", "March (3rd|third)"), result.stdout
-    # a captioned photo is cited by its caption and its text
-    assert re.search(r"^\[1\] alice, \d{4}-\d{2}-\d{2}: “my router The wifi password is tangerine42", wifi,
-                     re.MULTILINE), result.stdout
+    # a captioned photo is cited as an image, by its caption and its text
+    assert _footnote(wifi, "image", "my router The wifi password is tangerine42"), result.stdout
 
 
 def test_litellm_models_hear_and_see_when_configured(
