@@ -98,7 +98,7 @@ async def _memory(core: Core, message: Message, platform: Platform, args: str) -
     pages = (total + PAGE_SIZE - 1) // PAGE_SIZE
     lines = [f"What I remember from you ({total} messages, page {page}/{pages}, newest first):"]
     for doc in docs:
-        content = doc["text"] or doc.get("media_text") or ""
+        content = doc["text"] or doc.get("media_text") or _attachment_label(doc)
         where = "DM" if doc["is_dm"] else f"group {doc['conversation_id']}"
         ts: datetime = doc["ts"]
         link = f" {doc['link']}" if doc.get("link") else ""
@@ -107,6 +107,11 @@ async def _memory(core: Core, message: Message, platform: Platform, args: str) -
         lines.append(f"More: /memory {page + 1}")
     lines.append("Delete one with /forget ID, or everything with /forget all.")
     return Reply("\n".join(lines), private=True)
+
+
+def _attachment_label(doc: dict[str, Any]) -> str:
+    names = ", ".join(a.get("filename") or a.get("kind", "file") for a in doc.get("attachments") or [])
+    return f"(attachment I couldn't read: {names})" if names else "(empty)"
 
 
 async def delete_where(core: Core, query: dict[str, Any]) -> int:

@@ -371,10 +371,14 @@ class Core:
         return texts, error
 
     async def _read_one(self, attachment: Attachment, cap: int) -> MediaText:
+        # Limits the platform declares are checked before downloading anything.
         if attachment.size is not None and attachment.size > cap:
+            raise _too_big(attachment.filename, attachment.size, cap)
+        limit_s = self.config.max_audio_seconds
+        if attachment.duration_s is not None and attachment.duration_s > limit_s:
             raise MediaError(
-                f"“{attachment.filename}” is {attachment.size / 1_048_576:.1f} MB; I can read files up to "
-                f"{cap / 1_048_576:.0f} MB. Your message is saved."
+                f"“{attachment.filename}” is {attachment.duration_s / 60:.1f} minutes long; I can transcribe up to "
+                f"{limit_s / 60:.0f} minutes. Your message is saved."
             )
         try:
             data = await attachment.read()
@@ -384,10 +388,7 @@ class Core:
             log.warning("attachment download failed: %s", type(exc).__name__)
             raise MediaError(f"I couldn't download “{attachment.filename}”. Your message is saved.") from exc
         if len(data) > cap:
-            raise MediaError(
-                f"“{attachment.filename}” is {len(data) / 1_048_576:.1f} MB; I can read files up to "
-                f"{cap / 1_048_576:.0f} MB. Your message is saved."
-            )
+            raise _too_big(attachment.filename, len(data), cap)
         if not data:
             raise MediaError(f"“{attachment.filename}” is empty (0 bytes). Your message is saved.")
         return await self.media.read(attachment, data)
@@ -553,6 +554,13 @@ class Core:
             self.metrics.inc("mnemo_recovered_total", len(adopted))
             log.info("adopted %d pending messages from stopped workers", len(adopted))
         return len(adopted)
+
+
+def _too_big(filename: str, size: int, cap: int) -> MediaError:
+    return MediaError(
+        f"“{filename}” is {size / 1_048_576:.1f} MB; I can read files up to {cap / 1_048_576:.0f} MB. "
+        "Your message is saved."
+    )
 
 
 def memory_text(text: str, media: list[MediaText]) -> str:
