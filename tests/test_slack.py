@@ -24,6 +24,7 @@ import pytest
 from adapters.slack import SlackAdapter
 from bot.http import HttpServer, build_http_app
 from core.engine import Core
+from core.models import Scope
 from tests.conftest import REPO
 from tests.fakes.llm import FakeLLM
 from tests.fakes.slack import (
@@ -187,6 +188,35 @@ async def test_mention_in_channel_answers_in_thread_once_with_permalink_footnote
     assert "Nile" in posts[1].args["text"]
 
 
+async def test_event_is_stored_before_slack_gets_its_200_and_refined_after(bot: Bot, fake_slack: FakeSlack) -> None:
+    # A slow Web API holds back neither the store nor the 200: the name and permalink lookups
+    # come after. (Acknowledging first and storing after the lookups fails the first check.)
+    fake_slack.add_user("U0CAROL", "Carol")
+    fake_slack.delay.update({"users.info": 1.5, "chat.getPermalink": 1.5})
+    fact = channel_message(CHANNEL, "U0CAROL", "The staging database lives on host pg-7.")
+    key = f"slack:{CHANNEL}:{fact['ts']}"
+    started = time.monotonic()
+    response = await bot.event(fact)
+    assert response.status == 200 and time.monotonic() - started < 1.0
+    stored = await bot.core.store.messages.find_one({"key": key})
+    assert stored is not None and stored["text"] == fact["text"]
+
+    await bot.settle()
+    stored = await bot.core.store.messages.find_one({"key": key})
+    assert stored is not None and stored["author_name"] == "Carol"  # looked up after the store, written over it
+    assert stored["link"] == fake_slack.permalink(CHANNEL, fact["ts"])
+    # The lookup finished before the core remembered it: indexed under her name, not her id.
+    [hit] = await bot.core.index.search(Scope("group", "slack", CHANNEL), "staging database host", 1)
+    assert hit.document.startswith("Carol: ")
+
+    question = channel_message(CHANNEL, BOB, f"{MENTION} where does the staging database live?")
+    await bot.event(question)
+    await bot.settle()
+    [post] = fake_slack.posts()
+    assert re.search(r"^\[1\] Carol, ", post.args["text"], re.MULTILINE), post.args["text"]
+    assert footnote_links(post.args["text"]) == [fake_slack.permalink(CHANNEL, fact["ts"])]
+
+
 async def test_dm_is_always_answered_and_mrkdwn_is_escaped(bot: Bot, fake_slack: FakeSlack,
                                                            fake_llm: FakeLLM) -> None:
     fake_llm.script = ["Use <b> & <!channel> carefully."]
@@ -232,6 +262,9 @@ async def test_rate_limited_reply_is_delayed_not_dropped_or_doubled(bot: Bot, fa
     assert [c.status for c in attempts] == [429, 429, 200]
     assert attempts[-1].at - attempts[0].at >= 1.9  # Retry-After honoured each time
     assert len(fake_slack.posts()) == 1 and fake_slack.posts()[0].args["thread_ts"] == dm["ts"]
+    # Each wait is counted on /metrics.
+    async with bot.session.get(f"{bot.url}/metrics") as metrics:
+        assert 'mnemo_rate_limit_waits_total{platform="slack"} 2' in await metrics.text()
 
 
 # -- files ---------------------------------------------------------------------------------
@@ -429,10 +462,13 @@ async def test_socket_mode_acks_envelopes_and_answers_once(
     running = asyncio.create_task(adapter.run())
     try:
         await fake_slack.wait_for(lambda: fake_slack.socket_count == 1)
+        fake_slack.delay.update({"users.info": 1.0, "chat.getPermalink": 1.0, "conversations.open": 1.0})
         dm = channel_message("D0ALICE", ALICE, "The wifi password is hunter2, remember it.")
         envelope = socket_envelope(event_callback(dm))
         fake_slack.send_envelope(envelope)
         await fake_slack.wait_for(lambda: [a for a in fake_slack.acks if a.get("envelope_id") == envelope["envelope_id"]])
+        # The ack left only once the message was stored (the slow lookups come after it).
+        assert await core.store.messages.find_one({"key": f"slack:D0ALICE:{dm['ts']}"}) is not None
         [reply] = await fake_slack.wait_for(fake_slack.posts)
         assert reply.args["channel"] == "D0ALICE" and reply.args["thread_ts"] == dm["ts"]
 
@@ -443,15 +479,21 @@ async def test_socket_mode_acks_envelopes_and_answers_once(
         await asyncio.sleep(1.0)
         assert len(fake_slack.posts()) == 1
 
-        # slash commands come through the socket too
-        form = dict(x.split("=", 1) for x in slash_form("help", user=ALICE, channel="D0ALICE",
+        # Slash commands come through the socket too. This one is typed in a D... channel: only
+        # after the store does conversations.open tell it is the DM with the bot, in time for
+        # the command to read Alice's DM memory and answer there rather than ephemerally.
+        form = dict(x.split("=", 1) for x in slash_form("memory", user=ALICE, channel="D0ALICE",
                                                        response_url=f"{fake_slack.url}/response/3").split("&"))
         from urllib.parse import unquote_plus
 
         command = socket_envelope({k: unquote_plus(v) for k, v in form.items()}, kind="slash_commands")
         fake_slack.send_envelope(command)
+        await fake_slack.wait_for(lambda: [a for a in fake_slack.acks if a.get("envelope_id") == command["envelope_id"]])
+        assert await core.store.messages.count_documents({"is_command": True}) == 1  # stored before the ack
         await fake_slack.wait_for(lambda: len(fake_slack.posts()) == 2)
-        assert "/forget" in fake_slack.posts()[1].args["text"]
+        memory = fake_slack.posts()[1].args
+        assert memory["channel"] == "D0ALICE" and "hunter2" in memory["text"]
+        assert fake_slack.calls_to("chat.postEphemeral") == []
     finally:
         await adapter.stop()
         await asyncio.wait_for(running, 10)

@@ -2,12 +2,14 @@
 
 - Socket Mode when an app token (`SLACK_APP_TOKEN`) is given, otherwise HTTP mode: events and
   slash commands arrive at `POST /slack/events` on the one aiohttp server. Bolt verifies each
-  request's signature (constant-time; timestamps more than 5 minutes off -> 401), answers
-  url_verification, and acknowledges before our listener's work (process_before_response=False).
-- Listeners only hand the event to an owned background task (awaited in `stop()`): look up the
-  author's name and the message's permalink, then `core.submit` (store first, dedupe on
-  slack:channel:ts — so a retried event, or the `message` + `app_mention` pair for one
-  message, is processed once).
+  request's signature (constant-time; timestamps more than 5 minutes off -> 401) and answers
+  url_verification.
+- Store first, then acknowledge: listeners `core.submit` the message (a MongoDB insert, dedupe
+  on slack:channel:ts — so a retried event, or the `message` + `app_mention` pair for one
+  message, is processed once) before Slack gets its 200 / Socket Mode ack. Nothing on that path
+  waits for the Web API: the author's name comes from the cache (or is the user id) and the link
+  is the constructed permalink; the real ones are looked up after the store and written over
+  the stored message (see `_refine`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
@@ -30,12 +33,15 @@ from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
 )
+from slack_sdk.http_retry.request import HttpRequest
+from slack_sdk.http_retry.response import HttpResponse
+from slack_sdk.http_retry.state import RetryState
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.slack.delivery import DmChannels, ReplySender
+from adapters.slack.delivery import DmChannels, ReplySender, retry_after
 from adapters.slack.directory import Identity, Permalinks, Users, constructed_permalink
-from adapters.slack.events import Said, classify, slash_message, to_message
+from adapters.slack.events import classify, slash_message, to_message
 from adapters.slack.pacing import ChannelPacer
 from core.engine import Core
 from core.errors import FatalPlatformError, MediaError
@@ -49,6 +55,10 @@ EVENTS_PATH = "/slack/events"
 MAX_MESSAGE_CHARS = 40_000
 # Where Slack serves url_private downloads (commercial and GovSlack); also the API base's host.
 _SLACK_FILE_DOMAINS = (".slack.com", ".slack-gov.com", ".slack-edge.com")
+# How long a listener waits for the store before giving up on the request: Slack wants its
+# answer within 3 s. A store that is merely slow still completes; Slack's redelivery of the
+# refused request is then a duplicate, dropped by the unique event key.
+STORE_BUDGET_S = 2.0
 # Errors only a person can fix: the token is wrong, revoked, or of the wrong kind.
 _AUTH_ERRORS = {
     "invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired",
@@ -62,6 +72,41 @@ class _SameTokenNotice(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "`token` will be unused" not in record.getMessage()
+
+
+class _CountedRateLimitRetries(AsyncRateLimitErrorRetryHandler):
+    """The SDK's 429 handling (sleep for Retry-After, then retry the call), with each wait
+    reported to the core's metrics (mnemo_rate_limit_waits_total)."""
+
+    def __init__(self, report: Callable[[float], None], max_retry_count: int) -> None:
+        super().__init__(max_retry_count=max_retry_count)
+        self.report = report
+
+    async def prepare_for_next_attempt_async(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> None:
+        if response is not None:
+            self.report(retry_after(response.headers))
+        await super().prepare_for_next_attempt_async(state=state, request=request, response=response, error=error)
+
+
+@dataclass(frozen=True)
+class _Refinement:
+    """What to look up for a message after it is stored."""
+
+    name: bool = False  # the author's display name was not cached (or is past its time to live)
+    dm: bool = False  # a slash command in a D... channel: is it the DM with the bot?
+    permalink: bool = False  # chat.getPermalink (Enterprise Grid links differ from the constructed one)
+
+    @property
+    def needed_before_processing(self) -> bool:
+        # The name is indexed with the memory and shown to the model; DM-ness decides scopes.
+        return self.name or self.dm
 
 
 class SlackAdapter:
@@ -89,19 +134,20 @@ class SlackAdapter:
             base_url=self.api_base,
             retry_handlers=[
                 AsyncConnectionErrorRetryHandler(max_retry_count=2),
-                AsyncRateLimitErrorRetryHandler(max_retry_count=5),
+                _CountedRateLimitRetries(self._note_rate_limit, max_retry_count=5),
             ],
         )
         self.users = Users(self.client)
         self.permalinks = Permalinks(self.client)
         self.dm_channels = DmChannels(self.client)
-        self.sender = ReplySender(self.client, self.dm_channels, ChannelPacer(pacing_s), MAX_MESSAGE_CHARS)
+        self.sender = ReplySender(self.client, self.dm_channels, ChannelPacer(pacing_s), MAX_MESSAGE_CHARS,
+                                  on_rate_limit=self._note_rate_limit)
         self.app = self._build_app(signing_secret or "")
         # Only HTTP mode receives signed requests (Socket Mode needs no signing secret).
         self._verifier = SignatureVerifier(signing_secret) if signing_secret else None
         self._identity: Identity | None = None
         self._identity_lock = asyncio.Lock()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
         self._stopped = asyncio.Event()
         self._socket: Any = None
 
@@ -119,20 +165,27 @@ class SlackAdapter:
             bolt_log.setLevel(logging.WARNING)
         if not any(isinstance(f, _SameTokenNotice) for f in bolt_log.filters):
             bolt_log.addFilter(_SameTokenNotice())
+        # process_before_response=True: bolt runs the listener to its end before it answers the
+        # HTTP request (200, or 500 if the listener raised) and before the Socket Mode handler
+        # sends the envelope's ack (none on failure) — so "stored, then acknowledged" holds the
+        # same way on both transports, after bolt's own signature check. Storing in our aiohttp
+        # handler ahead of bolt instead would mean verifying signatures twice and would not
+        # cover Socket Mode at all. The listeners are fast (one insert, no Web API calls); the
+        # work after the store runs in owned tasks.
         app = AsyncApp(
             name="mnemo",
             client=self.client,
             signing_secret=signing_secret,
             logger=bolt_log,
-            process_before_response=False,
+            process_before_response=True,
         )
 
         async def on_message(event: dict[str, Any]) -> None:
-            self._spawn(self._intake(event), "slack-intake")
+            await self._intake(event)
 
         async def on_command(ack: Callable[..., Awaitable[Any]], command: dict[str, Any]) -> None:
-            await ack()  # within Slack's 3 s; the answer follows from the background task
-            self._spawn(self._intake_command(command), "slack-command")
+            await self._intake_command(command)
+            await ack()  # stored; the answer follows from the core
 
         app.event("message")(on_message)
         app.event("app_mention")(on_message)
@@ -236,7 +289,7 @@ class SlackAdapter:
             await self._socket.close_async()
             self._socket = None
         if self._tasks:
-            # Intake tasks are short (two lookups and a store); let them finish.
+            # Stores in flight and post-store lookups are short; let them finish.
             _, pending = await asyncio.wait(set(self._tasks), timeout=10)
             for task in pending:
                 task.cancel()
@@ -251,68 +304,121 @@ class SlackAdapter:
             except Exception:
                 log.exception("Slack %s failed", name)
 
-        task = asyncio.create_task(logged(), name=name)
+        self._own(asyncio.create_task(logged(), name=name))
+
+    def _own(self, task: asyncio.Future[Any]) -> None:
+        """Keep `task` until it is done; `stop()` waits for what is left."""
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _note_rate_limit(self, seconds: float) -> None:
+        self.core.note_rate_limit(self.name, seconds)
 
     # -- intake -------------------------------------------------------------------------
 
     async def _intake(self, event: dict[str, Any]) -> None:
+        """A `message`/`app_mention` event: stored before this returns (and bolt acks)."""
         said = classify(event)
         if said is None:
             return
-        me = await self.identity()
-        if said.event.get("user") == me.bot_user_id:
+        me = await self.identity()  # auth.test, called once when run() starts: no call here
+        author = str(said.event["user"])
+        if author == me.bot_user_id:
             return
-        message = await self._message_for(said, me)
-        await self._submit(message)
-
-    async def _message_for(self, said: Said, me: Identity) -> Message:
-        event = said.event
-        ts = str(event["ts"])
-        thread_ts = event.get("thread_ts")
-        fallback = constructed_permalink(me.team_url, said.channel, ts, thread_ts)
-        name, link = await asyncio.gather(
-            self.users.name(str(event["user"]), event),
-            self.permalinks.get(said.channel, ts, fallback),
+        ts = str(said.event["ts"])
+        name, current = self.users.known_name(author, said.event)
+        message = to_message(
+            said, bot_user_id=me.bot_user_id, author_name=name or author,
+            link=constructed_permalink(me.team_url, said.channel, ts, said.event.get("thread_ts")),
+            fetcher=self._fetcher,
         )
-        return to_message(said, bot_user_id=me.bot_user_id, author_name=name, link=link,
-                          fetcher=self._fetcher)
+        # An edit only replaces the stored text; name and link were settled when it was new.
+        refine = _Refinement() if said.edited else _Refinement(name=not current, permalink=True)
+        await self._store(message, refine)
 
     async def _intake_command(self, form: dict[str, Any]) -> None:
+        """A slash command: stored before this returns (and the listener acks)."""
         channel, user = str(form.get("channel_id") or ""), str(form.get("user_id") or "")
         if not channel or not user:
             log.warning("slash command without channel_id/user_id ignored")
             return
-        is_dm = False
-        if channel.startswith("D"):
-            # A slash command typed in a DM between two people also has a D... channel; only
-            # the DM with the bot is the user's private scope.
-            try:
-                is_dm = await self.dm_channels.with_user(user) == channel
-            except Exception as exc:  # noqa: BLE001 - unknown: treat as a shared DM (group scope)
-                log.warning("conversations.open failed: %s", type(exc).__name__)
-        message = slash_message(form, is_dm=is_dm, message_id=str(form.get("trigger_id") or uuid.uuid4().hex))
-        message.author_name = await self.users.name(user)
-        if message.author_name == user and form.get("user_name"):
-            message.author_name = str(form["user_name"])
-        await self._submit(message)
+        # A slash command typed in a DM between two people also has a D... channel; only the
+        # DM with the bot is the user's private scope. Unknown yet: a shared DM (group scope)
+        # until the lookup after the store says otherwise.
+        known_dm = self.dm_channels.known(user)
+        message = slash_message(form, is_dm=known_dm == channel,
+                                message_id=str(form.get("trigger_id") or uuid.uuid4().hex))
+        name, current = self.users.known_name(user)
+        if name:
+            message.author_name = name
+        await self._store(message, _Refinement(name=not current, dm=channel.startswith("D") and known_dm is None))
 
-    async def _submit(self, message: Message) -> None:
-        """Hand the message to the core. Slack already has its 200, so a failing store is
-        retried here rather than losing the message."""
-        delay = 1.0
-        for attempt in range(6):
+    async def _store(self, message: Message, refine: _Refinement) -> None:
+        """`core.submit` within STORE_BUDGET_S, then the lookups in `refine` in the background.
+
+        Raises when the message could not be stored in time: bolt then answers 500 (HTTP) or
+        sends no ack (Socket Mode), and Slack delivers the event again."""
+        submitted = asyncio.ensure_future(self.core.submit(message))
+        self._own(submitted)
+        if refine.needed_before_processing:
+            # The core processes a conversation's messages one at a time, as jobs of its runner
+            # in submission order. Queued now, ahead of this message's own job, the lookup
+            # finishes before the message is indexed and answered under the author's name.
+            # (A message that overtakes an earlier-queued later one is processed first and is
+            # indexed under the fallback name; the stored name is still corrected.)
             try:
-                await self.core.submit(message)
-                return
-            except Exception as exc:  # noqa: BLE001 - retried, then logged
-                if isinstance(exc, RuntimeError) and "shutting down" in str(exc):
-                    return  # stored already; recovery picks it up on the next start
-                log.warning("storing a Slack message failed (attempt %d): %s", attempt + 1, type(exc).__name__)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30)
-        log.error("gave up storing Slack message %s", message.event_key)
+                self.core.runner.submit(message.conversation_key, lambda: self._refine(message, refine, submitted))
+            except RuntimeError:
+                pass  # shutting down: stored with what is known
+        elif refine.permalink:
+            self._spawn(self._refine(message, refine, submitted), "slack-refine")
+        try:
+            # Shielded: a store that outlasts the budget still completes (the task is owned).
+            await asyncio.wait_for(asyncio.shield(submitted), STORE_BUDGET_S)
+        except Exception as exc:
+            log.warning("could not store Slack message %s in time (%s); Slack will deliver it again",
+                        message.event_key, type(exc).__name__)
+            raise
+
+    async def _refine(self, message: Message, refine: _Refinement, submitted: asyncio.Future[Any]) -> None:
+        """After the store: look up the author's name, DM-ness and permalink, and write what
+        changed over the stored message (and the in-memory one the core is about to process)."""
+        try:
+            if await asyncio.shield(submitted) is None:
+                return  # a redelivery (already stored and refined), an edit, or shutting down
+        except Exception:  # noqa: BLE001 - not stored: Slack redelivers it, refined then
+            return
+        channel, user = message.conversation_id, message.author_id
+
+        async def name() -> str | None:
+            found = await self.users.name(user) if refine.name else user
+            return found if found != user else None  # the id is the fallback already stored
+
+        async def is_dm() -> bool:
+            if not refine.dm:
+                return message.is_dm
+            try:
+                return await self.dm_channels.with_user(user) == channel
+            except Exception as exc:  # noqa: BLE001 - unknown: stays a shared DM (group scope)
+                log.warning("conversations.open failed: %s", type(exc).__name__)
+                return False
+
+        async def permalink() -> str | None:
+            if not refine.permalink:
+                return None
+            return await self.permalinks.get(channel, message.message_id, None)
+
+        found_name, dm, link = await asyncio.gather(name(), is_dm(), permalink())
+        fields: dict[str, Any] = {}
+        if found_name and found_name != message.author_name:
+            message.author_name = fields["author_name"] = found_name
+        if dm and not message.is_dm:
+            message.is_dm = fields["is_dm"] = True
+            fields["scope"] = message.scope.key
+        if link and link != message.link:
+            message.link = fields["link"] = link
+        if fields:
+            await self.core.store.messages.update_one({"key": message.event_key}, {"$set": fields})
 
     def _fetcher(self, file: dict[str, Any]) -> Callable[[], Awaitable[bytes]]:
         url = str(file.get("url_private_download") or file.get("url_private") or "")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,11 @@ class DmChannels:
         self.client = client
         self._cache: Lru = Lru(5000)
 
+    def known(self, user_id: str) -> str | None:
+        """The DM channel if already looked up (no network call)."""
+        found = self._cache.get(user_id)
+        return None if found is None else str(found)
+
     async def with_user(self, user_id: str) -> str:
         if user_id not in self._cache:
             response = await self.client.conversations_open(users=user_id)
@@ -65,12 +71,14 @@ class ReplySender:
         pacer: ChannelPacer,
         max_chars: int,
         max_rate_limit_waits: int = 8,
+        on_rate_limit: Callable[[float], None] = lambda seconds: None,
     ) -> None:
         self.client = client
         self.dm_channels = dm_channels
         self.pacer = pacer
         self.max_chars = max_chars
         self.max_rate_limit_waits = max_rate_limit_waits
+        self.on_rate_limit = on_rate_limit  # told of every Retry-After wait (metrics)
         self._progress: Lru = Lru(2000)
 
     async def send(self, message: Message, reply: Reply) -> list[str]:
@@ -111,9 +119,10 @@ class ReplySender:
             except SlackApiError as exc:
                 if exc.response.status_code != 429:
                     raise
-                wait = float(exc.response.headers.get("Retry-After", "1") or 1)
+                wait = min(retry_after(exc.response.headers), 120.0)
                 log.warning("Slack rate limit; retrying in %.0fs", wait)
-                await asyncio.sleep(min(wait, 120))
+                self.on_rate_limit(wait)
+                await asyncio.sleep(wait)
         return str(await action())
 
     # -- destinations -------------------------------------------------------------------
@@ -168,7 +177,9 @@ class ReplySender:
             for _ in range(self.max_rate_limit_waits):
                 async with session.post(response_url, json=payload) as response:
                     if response.status == 429:
-                        await asyncio.sleep(min(float(response.headers.get("Retry-After", "1") or 1), 120))
+                        wait = min(retry_after(response.headers), 120.0)
+                        self.on_rate_limit(wait)
+                        await asyncio.sleep(wait)
                         continue
                     if response.status >= 400:
                         raise RuntimeError(f"response_url answered HTTP {response.status}")
@@ -187,6 +198,18 @@ class ReplySender:
             )
         file = response.get("file") or {}
         return str(file.get("id") or "file")
+
+
+def retry_after(headers: Mapping[str, Any]) -> float:
+    """Seconds from a Retry-After header (the SDK gives header values as lists); 1 if absent."""
+    for name, value in headers.items():
+        if name.lower() == "retry-after":
+            first = value[0] if isinstance(value, list) and value else value
+            try:
+                return max(float(str(first)), 0.0)
+            except ValueError:
+                break
+    return 1.0
 
 
 def _invocation(message: Message) -> str:

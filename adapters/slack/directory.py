@@ -1,8 +1,9 @@
 """What the adapter looks up in Slack and caches: who the bot is, who people are, and where
 messages live (permalinks).
 
-Lookups that happen before a message is stored are bounded by a short timeout and fall back to
-something sensible, so a slow Web API never holds a message back for long.
+A message is stored before any of these lookups: with what is already known (`known_name`, a
+constructed permalink), then corrected afterwards. The lookups are bounded by a short timeout
+and fall back to something sensible, so a slow Web API never holds an answer back for long.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -62,18 +64,30 @@ class Users:
         self._cache.put(user_id, (time.monotonic(), user))
         return user
 
-    async def name(self, user_id: str, event: dict[str, Any] | None = None) -> str:
+    def known_name(self, user_id: str, event: dict[str, Any] | None = None) -> tuple[str | None, bool]:
+        """The author's name without a network call: (name or None, whether it is current).
+        From the event's own `user_profile`, or the cache even when past its time to live."""
         profile = (event or {}).get("user_profile")
         if isinstance(profile, dict):
             found = _display_name(profile, profile)
             if found:
-                return found
+                return found, True
+        cached = self._cache.get(user_id)
+        if cached is None:
+            return None, False
+        found = _display_name(cached[1].get("profile") or {}, cached[1])
+        return found or None, bool(found) and time.monotonic() - cached[0] < self.ttl_s
+
+    async def name(self, user_id: str, event: dict[str, Any] | None = None) -> str:
+        found, current = self.known_name(user_id, event)
+        if found and current:
+            return found
         try:
             user = await asyncio.wait_for(self.info(user_id), LOOKUP_TIMEOUT_S)
-        except (TimeoutError, SlackApiError, OSError) as exc:
+        except (TimeoutError, SlackApiError, OSError, aiohttp.ClientError) as exc:
             log.warning("users.info failed for a message author: %s", _reason(exc))
-            return user_id
-        return _display_name(user.get("profile") or {}, user) or user_id
+            return found or user_id  # a name past its time to live beats the bare id
+        return _display_name(user.get("profile") or {}, user) or found or user_id
 
     async def is_admin(self, user_id: str) -> bool:
         """Workspace admins and owners may change channel settings."""
@@ -112,7 +126,7 @@ class Permalinks:
             pending.add_done_callback(lambda done: self._settled(key, done))
         try:
             found = await asyncio.wait_for(asyncio.shield(pending), LOOKUP_TIMEOUT_S)
-        except (TimeoutError, SlackApiError, OSError) as exc:
+        except (TimeoutError, SlackApiError, OSError, aiohttp.ClientError) as exc:
             log.warning("chat.getPermalink failed, using the constructed link: %s", _reason(exc))
             return fallback
         return found or fallback

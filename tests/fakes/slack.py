@@ -4,8 +4,8 @@ Slack does.
 The real slack-sdk talks to it through `base_url` (SLACK_API_BASE). It checks the bearer token
 on every call (the app-level token for apps.connections.open), records what it was asked,
 serves private file downloads only to the bot token (anything else gets Slack's HTML sign-in
-page, as the real service does), can answer 429 with Retry-After, and offers a Socket Mode
-websocket that sends `hello` and envelopes and collects the app's acks.
+page, as the real service does), can answer 429 with Retry-After or answer slowly, and offers a
+Socket Mode websocket that sends `hello` and envelopes and collects the app's acks.
 """
 
 from __future__ import annotations
@@ -95,6 +95,7 @@ class FakeSlack:
         self.calls: list[Call] = []
         self.rate_limit: dict[str, int] = {}  # method -> how many 429s to answer next
         self.retry_after = 1
+        self.delay: dict[str, float] = {}  # method -> seconds to wait before answering (a slow Web API)
         self.users: dict[str, dict[str, Any]] = {}
         self.files: dict[str, tuple[bytes, str]] = {}  # name -> (data, content type)
         self.downloads: list[tuple[str, str]] = []  # (name, authorization header)
@@ -207,6 +208,8 @@ class FakeSlack:
     async def _api(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
         args = await self._args(request)
+        if self.delay.get(method):
+            await asyncio.sleep(self.delay[method])
         token = request.headers.get("Authorization", "").removeprefix("Bearer ") or args.get("token", "")
         if self.rate_limit.get(method, 0) > 0:
             self.rate_limit[method] -= 1
