@@ -91,7 +91,8 @@ class TelegramAdapter:
         session = AiohttpSession(api=TelegramAPIServer.from_base(api_base)) if api_base else AiohttpSession()
         self.bot = Bot(token, session=session)
         self.me: BotIdentity | None = None
-        self.sender = Sender(self.bot, pacer or ChatPacer(), self._migrate)
+        self.sender = Sender(self.bot, pacer or ChatPacer(), self._migrate,
+                             on_rate_limit=lambda seconds: core.note_rate_limit(PLATFORM, seconds))
         self._stopping = asyncio.Event()
         self._receiving = False  # run() is between start and return
         self._seen_updates: OrderedDict[int, None] = OrderedDict()
@@ -202,7 +203,7 @@ class TelegramAdapter:
         """Sleep, but wake up for stop()."""
         try:
             await asyncio.wait_for(self._stopping.wait(), seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     # -- receiving ----------------------------------------------------------------------
@@ -242,7 +243,7 @@ class TelegramAdapter:
             try:
                 await self.intake(update)
                 return True
-            except Exception as exc:  # the store is unreachable: keep the update, try again
+            except Exception as exc:  # noqa: BLE001 - the store is unreachable: keep the update, try again
                 log.warning("Telegram: storing update %s failed (%s); retrying", update.update_id, type(exc).__name__)
                 await self._pause(delay)
                 delay = min(delay * 2, 30)

@@ -12,7 +12,6 @@ from aiogram.types import MessageEntity
 
 from core.models import Attachment, AttachmentKind, Message
 
-
 PLATFORM = "telegram"
 
 # file_id -> bytes; the adapter supplies it (getFile + download).

@@ -10,7 +10,6 @@ import html
 import logging
 from collections.abc import Awaitable, Callable
 
-
 from aiogram import Bot
 from aiogram.enums import ParseMode
 from aiogram.exceptions import (
@@ -35,6 +34,7 @@ NETWORK_ATTEMPTS = 4
 NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
 
 Migrate = Callable[[int, int], Awaitable[None]]
+RateLimited = Callable[[float], None]
 
 
 def html_escape(text: str) -> str:
@@ -56,10 +56,13 @@ class DmNotStarted(Exception):
 
 
 class Sender:
-    def __init__(self, bot: Bot, pacer: ChatPacer, on_migrate: Migrate) -> None:
+    def __init__(
+        self, bot: Bot, pacer: ChatPacer, on_migrate: Migrate, on_rate_limit: RateLimited = lambda seconds: None
+    ) -> None:
         self.bot = bot
         self.pacer = pacer
         self.on_migrate = on_migrate
+        self.on_rate_limit = on_rate_limit  # told of every retry_after wait (metrics)
         # Chunks already sent per (event, reply): if the core retries a reply after a failure
         # half-way, the parts people already got are not sent again.
         self._progress: dict[str, list[str]] = {}
@@ -131,6 +134,7 @@ class Sender:
                 except TelegramRetryAfter as exc:
                     # Not sent: Telegram rejected it. Hold the chat's turn and send it again.
                     log.warning("Telegram rate limit in chat %s: retrying after %ss", chat, exc.retry_after)
+                    self.on_rate_limit(exc.retry_after)
                     await asyncio.sleep(exc.retry_after)
                 except TelegramMigrateToChat as exc:
                     await self.on_migrate(chat, exc.migrate_to_chat_id)
