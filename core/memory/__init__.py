@@ -1,0 +1,1 @@
+"""Memory: MongoDB documents indexed per privacy scope in Chroma, with hybrid retrieval."""
