@@ -10,8 +10,9 @@ import asyncio
 import mimetypes
 import sys
 import uuid
-from contextlib import asynccontextmanager
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import TextIO
 
@@ -98,7 +99,7 @@ class ConsoleAdapter:
                     filename=path.name,
                     mime_type=mimetypes.guess_type(path.name)[0],
                     size=path.stat().st_size,
-                    fetch=lambda p=path: asyncio.to_thread(p.read_bytes),
+                    fetch=partial(asyncio.to_thread, path.read_bytes),
                 )
             )
             text = caption

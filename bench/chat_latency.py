@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.fakes.llm import FakeLLM  # noqa: E402
+from tests.fakes.llm import FakeLLM
 
 FACTS = [
     "my sister {n} loves orchids and lives in Porto",

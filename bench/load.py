@@ -38,9 +38,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from tests.fakes.cluster import StoreServers, Worker, worker_env  # noqa: E402
-from tests.fakes.llm import FakeLLM  # noqa: E402
-from tests.fakes.slack import FakeSlack, channel_message, event_callback, sign  # noqa: E402
+from tests.fakes.cluster import StoreServers, Worker, worker_env
+from tests.fakes.llm import FakeLLM
+from tests.fakes.slack import FakeSlack, channel_message, event_callback, sign
 
 SIGNING_SECRET = "load-test-signing-secret"
 # In every message, so a test can grep the workers' logs for message content.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import logging
 import os
 import sys
 
@@ -16,8 +15,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from bot.config import ConfigError, Settings, load_settings  # noqa: E402
-from bot.logs import setup_logging  # noqa: E402
+from bot.config import ConfigError, Settings, load_settings
+from bot.logs import setup_logging
 
 NO_PLATFORM = (
     "mnemo: no platform is configured. Set TELEGRAM_BOT_TOKEN, DISCORD_BOT_TOKEN, or SLACK_BOT_TOKEN "

@@ -10,7 +10,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from core.config import CoreConfig
@@ -158,8 +158,8 @@ class Answerer:
 
 def to_datetime(epoch: float | datetime) -> datetime:
     if isinstance(epoch, datetime):
-        return epoch if epoch.tzinfo else epoch.replace(tzinfo=timezone.utc)
-    return datetime.fromtimestamp(epoch, tz=timezone.utc)
+        return epoch if epoch.tzinfo else epoch.replace(tzinfo=UTC)
+    return datetime.fromtimestamp(epoch, tz=UTC)
 
 
 __all__ = ["Answerer", "Source", "build_prompt", "cite", "shorten", "to_datetime"]

@@ -47,15 +47,13 @@ class Metrics:
     def render(self) -> str:
         lines: list[str] = []
         with self._lock:
-            for name, series in sorted(self.counters.items()):
-                lines.append(f"# TYPE {name} counter")
-                lines += [f"{name}{_fmt(lab)} {value:g}" for lab, value in series.items()]
-            for name, series in sorted(self.gauges.items()):
-                lines.append(f"# TYPE {name} gauge")
-                lines += [f"{name}{_fmt(lab)} {value:g}" for lab, value in series.items()]
-            for name, series in sorted(self.histograms.items()):
+            for kind, scalars in (("counter", self.counters), ("gauge", self.gauges)):
+                for name, series in sorted(scalars.items()):
+                    lines.append(f"# TYPE {name} {kind}")
+                    lines += [f"{name}{_fmt(lab)} {value:g}" for lab, value in series.items()]
+            for name, rows in sorted(self.histograms.items()):
                 lines.append(f"# TYPE {name} histogram")
-                for lab, row in series.items():
+                for lab, row in rows.items():
                     cumulative = 0.0
                     for bound, count in zip(_BUCKETS, row):
                         cumulative += count

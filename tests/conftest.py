@@ -18,7 +18,7 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tests.fakes.llm import FakeLLM  # noqa: E402
+from tests.fakes.llm import FakeLLM
 
 REPO = Path(__file__).resolve().parent.parent
 

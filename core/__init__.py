@@ -1,0 +1,1 @@
+"""Platform-free core: models, pipeline, memory, media, answering, settings, privacy scopes."""
