@@ -28,6 +28,20 @@ class Stores:
             await asyncio.to_thread(self.embedded_server.stop)
 
 
+class _SpuriousCloseError(logging.Filter):
+    """SecantusDB 0.7.0b3 marks its storage closed before its last oplog-meta write, so every
+    clean stop logs a "Storage is closed" traceback although all data is durable (it is read
+    back by the next start). Drop exactly that record; any other close error still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (
+            record.getMessage() == "failed to persist oplog meta during close"
+            and isinstance(error, RuntimeError)
+            and str(error) == "Storage is closed"
+        )
+
+
 def start_embedded_mongo(data_dir: os.PathLike[str] | str) -> Any:
     """SecantusDB in-process (GPL-2.0, an optional extra: imported only here)."""
     try:
@@ -39,6 +53,7 @@ def start_embedded_mongo(data_dir: os.PathLike[str] | str) -> Any:
         ) from None
     path = os.path.join(os.fspath(data_dir), "mongo")
     os.makedirs(path, exist_ok=True)
+    logging.getLogger("secantus.storage.close").addFilter(_SpuriousCloseError())
     server = SecantusDBServer(storage_path=path)
     server.start()
     return server
