@@ -7,18 +7,15 @@ that match no source are dropped; footnotes are made for the cited sources only.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from core.config import CoreConfig
 from core.errors import ModelUnavailable
+from core.llm import provider_kwargs
 from core.models import Footnote, Reply
 from core.render import shorten
-
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 log = logging.getLogger(__name__)
 
@@ -126,18 +123,11 @@ class Answerer:
         model = self.model_for(reasoning)
         if not model:
             raise ModelUnavailable("no model configured")
-        kwargs: dict[str, Any] = {
-            "model": model,
-            "messages": messages,
-            "timeout": self.config.llm_timeout_s,
-            "num_retries": self.config.llm_retries,
-        }
-        if self.config.llm_api_base:
-            kwargs["api_base"] = self.config.llm_api_base
-        if self.config.llm_api_key:
-            kwargs["api_key"] = self.config.llm_api_key
         try:
-            response = await litellm.acompletion(**kwargs)
+            response = await litellm.acompletion(
+                model=model, messages=messages, num_retries=self.config.llm_retries,
+                **provider_kwargs(self.config),
+            )
         except Exception as exc:  # litellm maps every provider failure to its own types
             log.warning("model call failed: %s", type(exc).__name__)
             raise ModelUnavailable(type(exc).__name__) from exc

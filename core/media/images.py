@@ -16,6 +16,7 @@ from PIL import Image, ImageOps
 
 from core.config import CoreConfig
 from core.errors import MediaError
+from core.llm import provider_kwargs
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -135,13 +136,9 @@ class VisionReader:
                     ],
                 }
             ],
-            "timeout": self.config.llm_timeout_s,
             "num_retries": self.config.llm_retries,
+            **provider_kwargs(self.config),
         }
-        if self.config.llm_api_base:
-            kwargs["api_base"] = self.config.llm_api_base
-        if self.config.llm_api_key:
-            kwargs["api_key"] = self.config.llm_api_key
         try:
             response = await litellm.acompletion(**kwargs)
             text = response.choices[0].message.content or ""

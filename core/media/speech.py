@@ -19,6 +19,7 @@ from typing import Any
 
 from core.config import CoreConfig
 from core.errors import MediaError
+from core.llm import provider_kwargs
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -95,13 +96,9 @@ class RemoteSpeech:
         kwargs: dict[str, Any] = {
             "model": self.config.stt_model,
             "file": (filename, data),
-            "timeout": self.config.llm_timeout_s,
             "max_retries": self.config.llm_retries,
+            **provider_kwargs(self.config),
         }
-        if self.config.llm_api_base:
-            kwargs["api_base"] = self.config.llm_api_base
-        if self.config.llm_api_key:
-            kwargs["api_key"] = self.config.llm_api_key
         try:
             response = await litellm.atranscription(**kwargs)
         except Exception as exc:  # litellm maps every provider failure to its own types

@@ -1,0 +1,20 @@
+"""What every litellm call shares: the provider endpoint, key and timeout from the config."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from core.config import CoreConfig
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # else litellm fetches it at import
+
+
+def provider_kwargs(config: CoreConfig) -> dict[str, Any]:
+    """`api_base`/`api_key` (MNEMO_LLM_API_BASE/KEY, when set) and the timeout."""
+    kwargs: dict[str, Any] = {"timeout": config.llm_timeout_s}
+    if config.llm_api_base:
+        kwargs["api_base"] = config.llm_api_base
+    if config.llm_api_key:
+        kwargs["api_key"] = config.llm_api_key
+    return kwargs
