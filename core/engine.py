@@ -28,7 +28,7 @@ from core.errors import MediaError, ModelUnavailable
 from core.media import MediaReader, MediaText
 from core.memory.index import MemoryIndex, MemoryItem
 from core.metrics import Metrics
-from core.models import Attachment, Message, Reply, Scope, utcnow
+from core.models import Message, Reply, Scope, utcnow
 from core.platform import Platform
 from core.privacy import readable_scopes
 from core.store import DONE, FAILED, Store, message_doc
@@ -364,34 +364,11 @@ class Core:
             cap = min(cap, platform.limits.max_download_bytes)
         for attachment in message.attachments:
             try:
-                texts.append(await self._read_one(attachment, cap))
+                texts.append(await self.media.fetch_and_read(attachment, cap))
             except MediaError as exc:
                 error = str(exc)
                 self.metrics.inc("mnemo_media_errors_total", kind=attachment.kind)
         return texts, error
-
-    async def _read_one(self, attachment: Attachment, cap: int) -> MediaText:
-        # Limits the platform declares are checked before downloading anything.
-        if attachment.size is not None and attachment.size > cap:
-            raise _too_big(attachment.filename, attachment.size, cap)
-        limit_s = self.config.max_audio_seconds
-        if attachment.duration_s is not None and attachment.duration_s > limit_s:
-            raise MediaError(
-                f"“{attachment.filename}” is {attachment.duration_s / 60:.1f} minutes long; I can transcribe up to "
-                f"{limit_s / 60:.0f} minutes. Your message is saved."
-            )
-        try:
-            data = await attachment.read()
-        except MediaError:
-            raise
-        except Exception as exc:
-            log.warning("attachment download failed: %s", type(exc).__name__)
-            raise MediaError(f"I couldn't download “{attachment.filename}”. Your message is saved.") from exc
-        if len(data) > cap:
-            raise _too_big(attachment.filename, len(data), cap)
-        if not data:
-            raise MediaError(f"“{attachment.filename}” is empty (0 bytes). Your message is saved.")
-        return await self.media.read(attachment, data)
 
     def _memory_item(self, doc: dict[str, Any], content: str, media: list[MediaText]) -> MemoryItem:
         return MemoryItem(
@@ -554,13 +531,6 @@ class Core:
             self.metrics.inc("mnemo_recovered_total", len(adopted))
             log.info("adopted %d pending messages from stopped workers", len(adopted))
         return len(adopted)
-
-
-def _too_big(filename: str, size: int, cap: int) -> MediaError:
-    return MediaError(
-        f"“{filename}” is {size / 1_048_576:.1f} MB; I can read files up to {cap / 1_048_576:.0f} MB. "
-        "Your message is saved."
-    )
 
 
 def memory_text(text: str, media: list[MediaText]) -> str:

@@ -238,8 +238,11 @@ async def test_duration_cap_is_checked_before_transcribing(tmp_path: Path, sampl
             await reader.read(Attachment("voice", "speech.ogg"), samples["speech.ogg"].read_bytes())
         with pytest.raises(MediaError, match=r"is 70 seconds long"):  # declared by the container
             await reader.read(Attachment("audio", "big.wav"), samples["big.wav"].read_bytes())
+        async def must_not_download() -> bytes:
+            raise AssertionError("a note whose declared length is over the cap was downloaded")
+
         with pytest.raises(MediaError, match=r"is 1\.5 minutes long"):  # declared by the platform
-            await reader.read(Attachment("voice", "v.ogg", duration_s=90), samples["speech.ogg"].read_bytes())
+            await reader.fetch_and_read(Attachment("voice", "v.ogg", duration_s=90, fetch=must_not_download), 10**7)
         assert time.monotonic() - started < 2, "refused without loading the speech model"
     finally:
         await reader.close()

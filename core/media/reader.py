@@ -48,6 +48,24 @@ class MediaReader:
         self._remote = RemoteSpeech(config) if model_path is None else None
         self._vision = images.VisionReader(config) if config.vision_model else None
 
+    async def fetch_and_read(self, attachment: Attachment, max_bytes: int) -> MediaText:
+        """Download and read an attachment. What the platform declared (size, length) is
+        checked before anything is downloaded."""
+        if attachment.size is not None and attachment.size > max_bytes:
+            raise _too_big(attachment.filename, attachment.size, max_bytes)
+        if attachment.duration_s is not None and attachment.duration_s > self.config.max_audio_seconds + 1:
+            raise audio.too_long(attachment.filename, attachment.duration_s, self.config.max_audio_seconds)
+        try:
+            data = await attachment.read()
+        except MediaError:
+            raise
+        except Exception as exc:  # any transport failure: the sender gets one clear line
+            log.warning("attachment download failed: %s", type(exc).__name__)
+            raise MediaError(f"I couldn't download “{attachment.filename}”. Your message is saved.") from exc
+        if len(data) > max_bytes:
+            raise _too_big(attachment.filename, len(data), max_bytes)
+        return await self.read(attachment, data)
+
     async def read(self, attachment: Attachment, data: bytes) -> MediaText:
         """Read one attachment. Raises MediaError (phrased for the sender) when it can't."""
         if not data:
@@ -64,9 +82,6 @@ class MediaReader:
     async def _read_audio(self, attachment: Attachment, data: bytes) -> MediaText:
         kind = "audio" if attachment.kind == "audio" else "voice"
         name = attachment.filename
-        if attachment.duration_s is not None and attachment.duration_s > self.config.max_audio_seconds + 1:
-            # The platform told us the length: refuse before spending any CPU on it.
-            raise audio.too_long(name, attachment.duration_s, self.config.max_audio_seconds)
         decoded = await self._cpu(audio.decode, data, name, self.config.max_audio_seconds)
         if self._local is not None:
             text = await self._cpu(self._local.transcribe, decoded.samples)
@@ -104,3 +119,10 @@ class MediaReader:
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
         if self._local is not None:
             self._local.close()
+
+
+def _too_big(filename: str, size: int, cap: int) -> MediaError:
+    return MediaError(
+        f"“{filename}” is {size / 1_048_576:.1f} MB; I can read files up to {cap / 1_048_576:.0f} MB. "
+        "Your message is saved."
+    )
