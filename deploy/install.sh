@@ -14,7 +14,7 @@ python=${PYTHON:-python3}
 log() { printf '[install] %s\n' "$*" >&2; }
 
 packages=(tesseract-ocr tesseract-ocr-eng ffmpeg)
-[ "$dev" = 1 ] && packages+=(espeak-ng fonts-dejavu-core)
+[ "$dev" = 1 ] && packages+=(espeak-ng fonts-dejavu-core docker-compose)  # tests: speech, images, compose check
 if ! "$python" -c 'import ensurepip, venv' >/dev/null 2>&1; then
   packages+=(python3-venv)
 fi
