@@ -51,12 +51,24 @@ def core_config(settings: Settings) -> CoreConfig:
 @asynccontextmanager
 async def open_core(settings: Settings, background: bool = True) -> AsyncIterator[Core]:
     """Stores and core, opened together and closed in reverse order."""
-    stores: Stores = await open_stores(settings)
-    config = core_config(settings)
     embedder = make_embedder(settings.embedding_model, settings.llm_api_base, settings.llm_api_key)
+    # Load the embedding model while the stores start (it takes seconds on a CPU), so neither
+    # start-up nor the first message pays for the two one after the other.
+    preload = getattr(embedder, "preload", None)
+    warming = asyncio.create_task(preload()) if preload is not None else None
+    try:
+        stores: Stores = await open_stores(settings)
+    except BaseException:
+        if warming is not None:
+            warming.cancel()
+            await asyncio.gather(warming, return_exceptions=True)
+        raise
+    config = core_config(settings)
     core = Core(config, store_for(stores, settings), MemoryIndex(stores.chroma, embedder), media=MediaReader(config))
     try:
         await core.start(background=background)
+        if warming is not None:
+            await warming
         yield core
     finally:
         await core.close()

@@ -120,6 +120,10 @@ class LocalEmbedder:
             return np.zeros((0, 384), dtype=np.float32)
         return await asyncio.to_thread(self.encode_sync, texts)
 
+    async def preload(self) -> None:
+        """Load the model (seconds on a CPU) so the first message doesn't wait for it."""
+        await asyncio.to_thread(self.encode_sync, ["start-up"])
+
     async def warm_up(self) -> None:
         # The first batch through a freshly loaded (quantized) model is several times slower.
         # Enough texts that every worker thread runs a batch (each has its own first-call cost).
