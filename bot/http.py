@@ -16,23 +16,25 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 _OPS_PATHS = ("/healthz", "/metrics")
+# A dict under a typed key: the app is frozen once started, the dict's contents are not.
+STATE = web.AppKey("state", dict)
 
 
 @web.middleware
 async def refuse_while_draining(request: web.Request, handler: Handler) -> web.StreamResponse:
     """During shutdown, platform webhooks get 503: the platform retries, and a load balancer
     sends the retry to a worker that is still serving. /healthz and /metrics keep answering."""
-    if request.app["state"]["draining"] and request.path not in _OPS_PATHS:
+    if request.app[STATE]["draining"] and request.path not in _OPS_PATHS:
         return web.json_response({"error": "shutting down"}, status=503, headers={"Retry-After": "5"})
     return await handler(request)
 
 
 def build_http_app(core: Core) -> web.Application:
     app = web.Application(client_max_size=25 * 1024 * 1024, middlewares=[refuse_while_draining])
-    app["state"] = {"draining": False}  # a dict: the app is frozen once started, its contents are not
+    app[STATE] = {"draining": False}
 
     async def healthz(request: web.Request) -> web.Response:
-        if app["state"]["draining"]:
+        if app[STATE]["draining"]:
             return web.json_response({"status": "draining"}, status=503)
         checks = {}
         try:
@@ -66,11 +68,11 @@ class HttpServer:
 
     @property
     def draining(self) -> bool:
-        return bool(self.app["state"]["draining"])
+        return bool(self.app[STATE]["draining"])
 
     @draining.setter
     def draining(self, value: bool) -> None:
-        self.app["state"]["draining"] = value
+        self.app[STATE]["draining"] = value
 
     def add_route(self, method: str, path: str, handler: Handler) -> None:
         self.app.router.add_route(method, path, handler)
