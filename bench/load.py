@@ -24,6 +24,7 @@ import itertools
 import json
 import os
 import statistics
+import signal
 import sys
 import tempfile
 import threading
@@ -203,4 +204,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # A SIGTERM (e.g. `timeout`) unwinds through main's `finally`, so no worker or store
+    # process outlives the bench.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     sys.exit(main())
