@@ -23,8 +23,8 @@ import argparse
 import itertools
 import json
 import os
-import statistics
 import signal
+import statistics
 import sys
 import tempfile
 import threading

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -24,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -167,7 +169,10 @@ def peak_rss_mb() -> float:
 # -- the run -------------------------------------------------------------------------------
 
 
-async def run(data: Path, limit: int | None, k: int) -> dict[str, Any]:
+@contextlib.asynccontextmanager
+async def bench_core(name: str) -> AsyncIterator[Any]:
+    """A real Core on real stores in a temp dir: an embedded SecantusDB, a Chroma
+    PersistentClient and the local embedder, warmed up (model load is start-up, not ingest)."""
     import chromadb
     from chromadb.config import Settings as ChromaSettings
     from pymongo import AsyncMongoClient
@@ -179,6 +184,30 @@ async def run(data: Path, limit: int | None, k: int) -> dict[str, Any]:
     from core.memory.index import MemoryIndex
     from core.store import Store
 
+    with tempfile.TemporaryDirectory(prefix=f"mnemo-{name}-") as tmp:
+        server = SecantusDBServer(storage_path=os.path.join(tmp, "mongo"))
+        server.start()
+        client: Any = AsyncMongoClient(server.uri, tz_aware=True)
+        try:
+            chroma = chromadb.PersistentClient(
+                path=os.path.join(tmp, "chroma"), settings=ChromaSettings(anonymized_telemetry=False)
+            )
+            embedder = make_embedder("local")
+            warm_up = getattr(embedder, "warm_up", None)
+            if warm_up is not None:
+                await warm_up()
+            core = Core(CoreConfig(data_dir=Path(tmp)), Store(client, name), MemoryIndex(chroma, embedder))
+            await core.start(background=False)
+            try:
+                yield core
+            finally:
+                await core.close()
+        finally:
+            await client.close()
+            server.stop()
+
+
+async def run(data: Path, limit: int | None, k: int) -> dict[str, Any]:
     samples = load_samples(data, limit)
     log(f"{len(samples)} conversations, {sum(len(s.turns) for s in samples)} turns")
     overall, per_category = Scores(), {c: Scores() for c in CATEGORIES}
@@ -188,76 +217,59 @@ async def run(data: Path, limit: int | None, k: int) -> dict[str, Any]:
     ingest_cpu = 0.0
     search_cpu = 0.0
     ingested = 0
-    with tempfile.TemporaryDirectory(prefix="mnemo-locomo-") as tmp:
-        server = SecantusDBServer(storage_path=os.path.join(tmp, "mongo"))
-        server.start()
-        client: Any = AsyncMongoClient(server.uri, tz_aware=True)
-        chroma = chromadb.PersistentClient(
-            path=os.path.join(tmp, "chroma"), settings=ChromaSettings(anonymized_telemetry=False)
-        )
-        embedder = make_embedder("local")
-        warm_up = getattr(embedder, "warm_up", None)
-        if warm_up is not None:
-            await warm_up()  # model load time is start-up, not ingest
-        index = MemoryIndex(chroma, embedder)
-        core = Core(CoreConfig(data_dir=Path(tmp)), Store(client, "locomo"), index)
-        await core.start(background=False)
-        try:
-            for sample in samples:
-                started, cpu_started = time.perf_counter(), cpu_seconds()
-                stored = await core.ingest_history(sample.turns)
-                elapsed = time.perf_counter() - started
-                ingest_cpu += cpu_seconds() - cpu_started
-                ingest_seconds += elapsed
-                ingested += stored
-                log(
-                    f"{sample.sample_id}: ingested {stored} turns in {elapsed:.1f}s ({stored / elapsed:.0f} msg/s)"
+    async with bench_core("locomo") as core:
+        index = core.index
+        for sample in samples:
+            started, cpu_started = time.perf_counter(), cpu_seconds()
+            stored = await core.ingest_history(sample.turns)
+            elapsed = time.perf_counter() - started
+            ingest_cpu += cpu_seconds() - cpu_started
+            ingest_seconds += elapsed
+            ingested += stored
+            log(
+                f"{sample.sample_id}: ingested {stored} turns in {elapsed:.1f}s ({stored / elapsed:.0f} msg/s)"
+            )
+            ids = {message.event_key: message.message_id for message, _ in sample.turns}
+            by_memory = {
+                doc["_id"]: ids[doc["key"]]
+                async for doc in core.store.messages.find(
+                    {"conversation_key": f"{PLATFORM}:{sample.sample_id}"}, {"key": 1}
                 )
-                ids = {message.event_key: message.message_id for message, _ in sample.turns}
-                by_memory = {
-                    doc["_id"]: ids[doc["key"]]
-                    async for doc in core.store.messages.find(
-                        {"conversation_key": f"{PLATFORM}:{sample.sample_id}"}, {"key": 1}
-                    )
-                }
-                valid = set(by_memory.values())
-                asked_at = sample.last_time + timedelta(days=1)
-                scope = sample.turns[0][0].scope
-                asked = 0
-                for n, qa in enumerate(sample.questions):
-                    category = qa.get("category")
-                    if category not in CATEGORIES:
-                        continue
-                    evidence = {e for e in normalize_evidence(qa.get("evidence", [])) if e in valid}
-                    if not evidence:
-                        continue
-                    question = str(qa["question"])
-                    message = Message(
-                        platform=PLATFORM,
-                        conversation_id=sample.sample_id,
-                        message_id=f"q{n}",
-                        author_id="asker",
-                        author_name="asker",
-                        text=question,
-                        is_dm=False,
-                        ts=asked_at,
-                    )
-                    t0, cpu0 = time.perf_counter(), cpu_seconds()
-                    await index.search(scope, question, k, now=asked_at.timestamp())
-                    search_ms.append((time.perf_counter() - t0) * 1000)
-                    search_cpu += cpu_seconds() - cpu0
-                    t0 = time.perf_counter()
-                    sources = await core.recall(message, question, k)
-                    recall_ms.append((time.perf_counter() - t0) * 1000)
-                    ranked = [by_memory[s.memory_id] for s in sources if s.memory_id in by_memory]
-                    overall.add(ranked, evidence)
-                    per_category[category].add(ranked, evidence)
-                    asked += 1
-                log(f"{sample.sample_id}: {asked} questions; so far {overall.summary()}")
-        finally:
-            await core.close()
-            await client.close()
-            server.stop()
+            }
+            valid = set(by_memory.values())
+            asked_at = sample.last_time + timedelta(days=1)
+            scope = sample.turns[0][0].scope
+            asked = 0
+            for n, qa in enumerate(sample.questions):
+                category = qa.get("category")
+                if category not in CATEGORIES:
+                    continue
+                evidence = {e for e in normalize_evidence(qa.get("evidence", [])) if e in valid}
+                if not evidence:
+                    continue
+                question = str(qa["question"])
+                message = Message(
+                    platform=PLATFORM,
+                    conversation_id=sample.sample_id,
+                    message_id=f"q{n}",
+                    author_id="asker",
+                    author_name="asker",
+                    text=question,
+                    is_dm=False,
+                    ts=asked_at,
+                )
+                t0, cpu0 = time.perf_counter(), cpu_seconds()
+                await index.search(scope, question, k, now=asked_at.timestamp())
+                search_ms.append((time.perf_counter() - t0) * 1000)
+                search_cpu += cpu_seconds() - cpu0
+                t0 = time.perf_counter()
+                sources = await core.recall(message, question, k)
+                recall_ms.append((time.perf_counter() - t0) * 1000)
+                ranked = [by_memory[s.memory_id] for s in sources if s.memory_id in by_memory]
+                overall.add(ranked, evidence)
+                per_category[category].add(ranked, evidence)
+                asked += 1
+            log(f"{sample.sample_id}: {asked} questions; so far {overall.summary()}")
     result: dict[str, Any] = overall.summary()
     result.update(
         {

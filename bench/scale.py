@@ -17,7 +17,6 @@ import json
 import os
 import random
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.locomo import cpu_seconds, log, peak_rss_mb, percentile
+from bench.locomo import bench_core, cpu_seconds, log, peak_rss_mb, percentile
 from core.media import MediaText
 from core.models import Message
 
@@ -167,17 +166,6 @@ def synthetic_questions(count: int, seed: int = 11) -> list[str]:
 
 
 async def run(maximum: int, queries: int) -> list[dict[str, Any]]:
-    import chromadb
-    from chromadb.config import Settings as ChromaSettings
-    from pymongo import AsyncMongoClient
-    from secantus import SecantusDBServer
-
-    from core.config import CoreConfig
-    from core.engine import Core
-    from core.memory.embedder import make_embedder
-    from core.memory.index import MemoryIndex
-    from core.store import Store
-
     checkpoints = [c for c in (1_000, 5_000, 10_000, 25_000, 50_000, 100_000, 200_000) if c < maximum] + [
         maximum
     ]
@@ -185,82 +173,65 @@ async def run(maximum: int, queries: int) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     clock = datetime(2024, 1, 1, 9, tzinfo=UTC)
     rng = random.Random(3)
-    with tempfile.TemporaryDirectory(prefix="mnemo-scale-") as tmp:
-        server = SecantusDBServer(storage_path=os.path.join(tmp, "mongo"))
-        server.start()
-        client: Any = AsyncMongoClient(server.uri, tz_aware=True)
-        chroma = chromadb.PersistentClient(
-            path=os.path.join(tmp, "chroma"), settings=ChromaSettings(anonymized_telemetry=False)
-        )
-        embedder = make_embedder("local")
-        warm_up = getattr(embedder, "warm_up", None)
-        if warm_up is not None:
-            await warm_up()
-        index = MemoryIndex(chroma, embedder)
-        core = Core(CoreConfig(data_dir=Path(tmp)), Store(client, "scale"), index)
-        await core.start(background=False)
-        size = 0
-        try:
-            for checkpoint in checkpoints:
-                texts = synthetic_messages(checkpoint - size, start_index=size)
-                entries: list[tuple[Message, list[MediaText]]] = []
-                for n, text in enumerate(texts, start=size):
-                    # Bursts of conversation, then a quiet gap of hours to days.
-                    clock += (
-                        timedelta(seconds=rng.randint(5, 90))
-                        if rng.random() > 0.03
-                        else timedelta(hours=rng.randint(3, 60))
+    size = 0
+    async with bench_core("scale") as core:
+        index = core.index
+        for checkpoint in checkpoints:
+            texts = synthetic_messages(checkpoint - size, start_index=size)
+            entries: list[tuple[Message, list[MediaText]]] = []
+            for n, text in enumerate(texts, start=size):
+                # Bursts of conversation, then a quiet gap of hours to days.
+                clock += (
+                    timedelta(seconds=rng.randint(5, 90))
+                    if rng.random() > 0.03
+                    else timedelta(hours=rng.randint(3, 60))
+                )
+                author = rng.choice(PEOPLE)
+                entries.append(
+                    (
+                        Message(
+                            platform="bench",
+                            conversation_id="big-group",
+                            message_id=str(n),
+                            author_id=author.lower(),
+                            author_name=author,
+                            text=text,
+                            is_dm=False,
+                            ts=clock,
+                        ),
+                        [],
                     )
-                    author = rng.choice(PEOPLE)
-                    entries.append(
-                        (
-                            Message(
-                                platform="bench",
-                                conversation_id="big-group",
-                                message_id=str(n),
-                                author_id=author.lower(),
-                                author_name=author,
-                                text=text,
-                                is_dm=False,
-                                ts=clock,
-                            ),
-                            [],
-                        )
-                    )
-                started, cpu_started = time.perf_counter(), cpu_seconds()
-                for at in range(0, len(entries), 2000):
-                    await core.ingest_history(entries[at : at + 2000])
-                    # A search between imports keeps the scope's view live, as a running bot does.
-                    await index.search(entries[0][0].scope, questions[0], 10)
-                    log(f"  {size + min(at + 2000, len(entries))} memories")
-                ingest_rate = len(entries) / (time.perf_counter() - started)
-                ingest_cpu_rate = len(entries) / max(cpu_seconds() - cpu_started, 1e-9)
-                size = checkpoint
-                scope = entries[0][0].scope
-                await index.search(scope, questions[0], 10)  # the view is built once per process
-                latencies = []
-                cpu_before = cpu_seconds()
-                for question in questions:
-                    t0 = time.perf_counter()
-                    await index.search(scope, question, 10, now=clock.timestamp())
-                    latencies.append((time.perf_counter() - t0) * 1000)
-                search_cpu_ms = (cpu_seconds() - cpu_before) / len(questions) * 1000
-                row = {
-                    "memories": await index.count(scope),
-                    "ingest_msgs_per_s": round(ingest_rate, 1),
-                    "ingest_msgs_per_cpu_s": round(ingest_cpu_rate, 1),
-                    "search_cpu_ms": round(search_cpu_ms, 2),
-                    "load_avg_1m": round(os.getloadavg()[0], 2),
-                    "search_p50_ms": round(percentile(latencies, 0.5), 2),
-                    "search_p95_ms": round(percentile(latencies, 0.95), 2),
-                    "peak_rss_mb": round(peak_rss_mb(), 1),
-                }
-                rows.append(row)
-                log(f"checkpoint {row}")
-        finally:
-            await core.close()
-            await client.close()
-            server.stop()
+                )
+            started, cpu_started = time.perf_counter(), cpu_seconds()
+            for at in range(0, len(entries), 2000):
+                await core.ingest_history(entries[at : at + 2000])
+                # A search between imports keeps the scope's view live, as a running bot does.
+                await index.search(entries[0][0].scope, questions[0], 10)
+                log(f"  {size + min(at + 2000, len(entries))} memories")
+            ingest_rate = len(entries) / (time.perf_counter() - started)
+            ingest_cpu_rate = len(entries) / max(cpu_seconds() - cpu_started, 1e-9)
+            size = checkpoint
+            scope = entries[0][0].scope
+            await index.search(scope, questions[0], 10)  # the view is built once per process
+            latencies = []
+            cpu_before = cpu_seconds()
+            for question in questions:
+                t0 = time.perf_counter()
+                await index.search(scope, question, 10, now=clock.timestamp())
+                latencies.append((time.perf_counter() - t0) * 1000)
+            search_cpu_ms = (cpu_seconds() - cpu_before) / len(questions) * 1000
+            row = {
+                "memories": await index.count(scope),
+                "ingest_msgs_per_s": round(ingest_rate, 1),
+                "ingest_msgs_per_cpu_s": round(ingest_cpu_rate, 1),
+                "search_cpu_ms": round(search_cpu_ms, 2),
+                "load_avg_1m": round(os.getloadavg()[0], 2),
+                "search_p50_ms": round(percentile(latencies, 0.5), 2),
+                "search_p95_ms": round(percentile(latencies, 0.95), 2),
+                "peak_rss_mb": round(peak_rss_mb(), 1),
+            }
+            rows.append(row)
+            log(f"checkpoint {row}")
     return rows
 
 
