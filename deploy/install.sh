@@ -52,4 +52,6 @@ extras="embedded"
 [ "$dev" = 1 ] && extras="embedded,dev"
 log "installing mnemo-bot[$extras] and its dependencies"
 "${pip[@]}" install -e ".[$extras]"
+log "building the local embedding model (int8 ONNX, once)"
+.venv/bin/python -m core.memory.minilm_onnx
 log "done: .venv/bin/mnemo is ready"

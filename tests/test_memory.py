@@ -316,3 +316,35 @@ async def test_a_large_scope_ranks_from_the_nearest_neighbour_pool(make_core: An
         assert "passport" in (await pooled.search(scope, question, 3))[0].document
         pooled_top = (await pooled.search(scope, question, 3))[0].memory_id
         assert pooled_top == (await exact.search(scope, question, 3))[0].memory_id
+
+
+def test_the_local_embedder_gives_the_reference_models_vectors() -> None:
+    """The int8 ONNX model Mnemo runs agrees with the full-precision sentence-transformers
+    model it is built from, text by text and in which memory is nearest to a question."""
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from core.memory import minilm_onnx
+    from core.memory.embedder import LocalEmbedder
+
+    texts = [
+        "Where is the team offsite this year?",
+        "The offsite is on June 12th in Porto, bring laptops.",
+        "My sister Ana was born on March 3rd.",
+        "When is Ana's birthday?",
+        "I adopted a puppy last week 🐶, her name is Luna!",
+        "what pet did you get recently",
+        "ok",
+        "مرحبا، كيف حالك؟",
+        " ".join(["We talked about the budget, the roadmap and the hiring plan for the autumn."] * 8),
+    ]
+    reference_model = SentenceTransformer(str(minilm_onnx.source_dir()), device="cpu")
+    reference_model.max_seq_length = minilm_onnx.MAX_TOKENS
+    reference = reference_model.encode(texts, normalize_embeddings=True, show_progress_bar=False)
+    ours = LocalEmbedder(batch_size=4, workers=2).encode_sync(texts)
+
+    agreement = np.sum(reference * ours, axis=1)
+    assert agreement.min() > 0.95, agreement
+    assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-4)
+    for question, answer in ((0, 1), (3, 2), (5, 4)):
+        assert int(np.argmax(np.delete(ours @ ours[question], question))) == answer - (answer > question)

@@ -9,9 +9,11 @@ not replied to.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from pymongo.errors import BulkWriteError
 
 from core.media import MediaText
@@ -67,19 +69,33 @@ async def ingest_history(
                 items.append(core._memory_item(doc, content, media))
         return docs, items
 
-    # Batch by batch, one step at a time: embed (CPU, worker threads), store in MongoDB, index
-    # in Chroma. Overlapping the steps was slower (213-261 vs 282 msg/s): with the embedded
-    # database in this process they contend for the CPU and the interpreter lock. Only what was
-    # actually stored (not a redelivered duplicate) is indexed.
-    stored = 0
-    for start in range(0, len(entries), batch_size):
-        docs, items = await prepare(entries[start : start + batch_size])
-        vectors = await core.index.embed_items(items)
+    # A two-stage pipeline: while batch i is stored in MongoDB and indexed in Chroma (mostly
+    # one core), batch i+1 is embedded on the worker threads (LoCoMo: ~335 vs ~280 msg/s on
+    # 2 cores). Only what was actually stored (not a redelivered duplicate) is indexed.
+    async def store(docs: list[dict[str, Any]], items: list[MemoryItem], embedding: asyncio.Task[np.ndarray]) -> int:
         inserted = await _insert_new(core, docs)
-        stored += len(inserted)
+        vectors = await embedding
         keep = [i for i, item in enumerate(items) if item.memory_id in inserted]
         if keep:
             await core.index.add([items[i] for i in keep], vectors[keep])
+        return len(inserted)
+
+    stored = 0
+    pending: tuple[list[dict[str, Any]], list[MemoryItem], asyncio.Task[np.ndarray]] | None = None
+    try:
+        for start in range(0, len(entries), batch_size):
+            docs, items = await prepare(entries[start : start + batch_size])
+            embedding = asyncio.create_task(core.index.embed_items(items))
+            if pending is not None:
+                stored += await store(*pending)
+            pending = (docs, items, embedding)
+        if pending is not None:
+            stored += await store(*pending)
+            pending = None
+    finally:
+        if pending is not None:  # an error: don't leave the embedding task behind
+            pending[2].cancel()
+            await asyncio.gather(pending[2], return_exceptions=True)
     return stored
 
 
