@@ -123,7 +123,7 @@ async def test_retention_deletes_old_memories_from_both_stores(make_core: Any) -
 
 
 async def test_opt_out_stops_remembering_me_everywhere(make_core: Any) -> None:
-    core, platform = await core_with(make_core)
+    core, _platform = await core_with(make_core)
     await core.handle(msg("/optout", mid="1"))
     await core.handle(msg("my cat is called Pixel", mid="2", conv="g1", dm=False))
     assert await core.index.count(Scope("group", "test", "g1")) == 0
