@@ -84,6 +84,11 @@ class Store:
         await self.messages.create_index([("author_key", ASCENDING), ("ts", DESCENDING)], name="author_ts")
         await self.messages.create_index([("state", ASCENDING), ("lease_until", ASCENDING)], name="state_lease")
         await self.messages.create_index([("conversation_key", ASCENDING), ("ts", DESCENDING)], name="conv_ts")
+        # The turn check of every message (earlier_pending) reads only the conversation's
+        # pending messages, not its whole history.
+        await self.messages.create_index(
+            [("conversation_key", ASCENDING), ("state", ASCENDING), ("order_ts", ASCENDING)], name="conv_state_order"
+        )
         await self.replies.create_index([("message_key", ASCENDING)], name="reply_message")
         await self.replies.create_index([("sent_ids", ASCENDING)], name="reply_sent_ids")
         await self.audit.create_index([("conversation_key", ASCENDING), ("at", DESCENDING)], name="audit_conv")
