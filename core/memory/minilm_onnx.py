@@ -160,7 +160,7 @@ class OnnxMiniLM:
 
 
 if __name__ == "__main__":  # the install script: build into the environment
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")  # quantizer chatter is INFO
+    logging.basicConfig(level=logging.ERROR, format="%(message)s")  # the quantizer chatters at INFO and WARNING
     path = installed_path()
     if path.is_file() and "--force" not in sys.argv:
         print(f"embedding model ready: {path}")
