@@ -24,6 +24,9 @@ from core.store import DONE, message_doc
 if TYPE_CHECKING:
     from core.engine import Core
 
+# One batch of an import: its stored documents, its memories and the task embedding them.
+_Batch = tuple[list[dict[str, Any]], list[MemoryItem], "asyncio.Task[np.ndarray]"]
+
 
 async def ingest_history(
     core: Core, entries: Sequence[tuple[Message, list[MediaText]]], batch_size: int = 256
@@ -72,7 +75,9 @@ async def ingest_history(
     # A two-stage pipeline: while batch i is stored in MongoDB and indexed in Chroma (mostly
     # one core), batch i+1 is embedded on the worker threads (LoCoMo: ~335 vs ~280 msg/s on
     # 2 cores). Only what was actually stored (not a redelivered duplicate) is indexed.
-    async def store(docs: list[dict[str, Any]], items: list[MemoryItem], embedding: asyncio.Task[np.ndarray]) -> int:
+    async def store_batch(
+        docs: list[dict[str, Any]], items: list[MemoryItem], embedding: asyncio.Task[np.ndarray]
+    ) -> int:
         inserted = await _insert_new(core, docs)
         vectors = await embedding
         keep = [i for i, item in enumerate(items) if item.memory_id in inserted]
@@ -81,21 +86,24 @@ async def ingest_history(
         return len(inserted)
 
     stored = 0
-    pending: tuple[list[dict[str, Any]], list[MemoryItem], asyncio.Task[np.ndarray]] | None = None
+    previous: _Batch | None = None  # embedded (or embedding), to be stored next
+    current: _Batch | None = None  # embedding while `previous` is stored
     try:
         for start in range(0, len(entries), batch_size):
             docs, items = await prepare(entries[start : start + batch_size])
-            embedding = asyncio.create_task(core.index.embed_items(items))
-            if pending is not None:
-                stored += await store(*pending)
-            pending = (docs, items, embedding)
-        if pending is not None:
-            stored += await store(*pending)
-            pending = None
+            current = (docs, items, asyncio.create_task(core.index.embed_items(items)))
+            if previous is not None:
+                stored += await store_batch(*previous)
+            previous, current = current, None
+        if previous is not None:
+            stored += await store_batch(*previous)
+            previous = None
     finally:
-        if pending is not None:  # an error: don't leave the embedding task behind
-            pending[2].cancel()
-            await asyncio.gather(pending[2], return_exceptions=True)
+        # On an error, neither batch's embedding task is left running or unawaited.
+        leftover = [batch[2] for batch in (previous, current) if batch is not None]
+        for task in leftover:
+            task.cancel()
+        await asyncio.gather(*leftover, return_exceptions=True)
     return stored
 
 
