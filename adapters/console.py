@@ -54,6 +54,14 @@ class ConsoleAdapter:
         self.out = out or sys.stdout
         self.exports_dir = exports_dir or core.config.data_dir / "exports"
 
+    @property
+    def conversation_id(self) -> str:
+        return f"dm-{self.user}" if self.channel is None else self.channel
+
+    @property
+    def conversation_key(self) -> str:
+        return f"{self.name}:{self.conversation_id}"
+
     # -- Platform -----------------------------------------------------------------------
 
     async def send_reply(self, message: Message, reply: Reply) -> list[str]:
@@ -106,7 +114,7 @@ class ConsoleAdapter:
         is_dm = self.channel is None
         return Message(
             platform="console",
-            conversation_id=f"dm-{self.user}" if is_dm else self.channel or "",
+            conversation_id=self.conversation_id,
             message_id=uuid.uuid4().hex,
             author_id=self.user,
             author_name=self.user,
@@ -118,7 +126,10 @@ class ConsoleAdapter:
         )
 
     async def run(self, stdin: TextIO | None = None) -> None:
-        """Read lines until end of input; each is handled fully before the next is read."""
+        """Read lines until end of input; each is handled fully before the next is read.
+        First, lines an earlier `mnemo chat` stored but never finished (it was killed) are
+        answered, in their place in the conversation."""
+        await self.core.recover_stale(self.conversation_key)
         source = stdin or sys.stdin
         loop = asyncio.get_running_loop()
         while True:

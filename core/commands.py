@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from core.channel_settings import KEYS, SettingError, describe, valid_values
+from core.errors import MemoryUnavailable
 from core.models import Message, Reply, ReplyFile, Scope, utcnow
 from core.platform import Platform
 from core.render import shorten
@@ -36,6 +37,12 @@ HELP = """I'm {bot}. I remember what's said where I am and answer with numbered 
 • /optout, /optin — stop or resume remembering you anywhere.
 • /settings — this channel's settings; admins: /settings KEY VALUE.
 What you tell me in a DM stays in your DMs; what's said in a group stays in that group."""
+
+
+FORGET_LATER = (
+    "I can't reach my memory index right now, so I couldn't finish forgetting. The deletion is "
+    "recorded and will be completed as soon as the index is back; /memory shows what is left."
+)
 
 
 @dataclass(frozen=True)
@@ -114,34 +121,39 @@ def _attachment_label(doc: dict[str, Any]) -> str:
     return f"(attachment I couldn't read: {names})" if names else "(empty)"
 
 
-async def delete_where(core: Core, query: dict[str, Any]) -> int:
-    """Delete matching messages from MongoDB and Chroma, and what was derived from them
-    (replies quoting them, answers to them)."""
-    docs = [doc async for doc in core.store.messages.find(query, {"_id": 1, "scope": 1, "key": 1})]
-    if not docs:
+async def delete_where(core: Core, query: dict[str, Any], replies_of: str | None = None) -> int:
+    """Delete matching messages from Chroma, then MongoDB, and what was derived from them
+    (replies quoting them, answers to them; with `replies_of`, every reply to that person).
+    Durable: the deletion is recorded first and finished at start-up if a crash interrupts
+    it. A Chroma error is raised (MemoryUnavailable), never taken for "nothing to delete";
+    the record stays, so the deletion is completed later."""
+    deletion = await core.store.record_deletion(query, replies_of)
+    if deletion is None:
         return 0
-    by_scope: dict[str, list[str]] = {}
-    for doc in docs:
-        by_scope.setdefault(doc["scope"], []).append(doc["_id"])
-    for scope_key, ids in by_scope.items():
-        await core.index.delete(Scope.parse(scope_key), ids)
-    ids = [doc["_id"] for doc in docs]
-    keys = [doc["key"] for doc in docs]
-    await core.store.replies.delete_many({"$or": [{"message_key": {"$in": keys}}, {"footnotes.memory_id": {"$in": ids}}]})
-    await core.store.messages.delete_many({"_id": {"$in": ids}})
-    return len(ids)
+    await finish_deletion(core, deletion)
+    return len(deletion["keys"])
+
+
+async def finish_deletion(core: Core, deletion: dict[str, Any]) -> None:
+    for part in deletion["scopes"]:
+        await core.index.delete(Scope.parse(part["scope"]), part["ids"])
+    await core.store.delete_recorded(deletion)
 
 
 async def _forget(core: Core, message: Message, platform: Platform, args: str) -> Reply:
     target = args.strip()
     if not target:
         return Reply("Use /forget ID (ids are shown by /memory) or /forget all.", private=True, is_error=True)
-    if target.lower() == "all":
-        count = await delete_where(core, {"author_key": message.user_key, "is_command": False})
-        await delete_where(core, {"author_key": message.user_key, "key": {"$ne": message.event_key}})
-        await core.store.replies.delete_many({"author_key": message.user_key})
-        return Reply(f"Done: I forgot everything from you ({count} messages).", private=True)
-    count = await delete_where(core, {"author_key": message.user_key, "_id": target})
+    try:
+        if target.lower() == "all":
+            # Everything from this person (commands too, but not this /forget) and every reply to them.
+            query = {"author_key": message.user_key, "key": {"$ne": message.event_key}}
+            count = await core.store.messages.count_documents({**query, "is_command": False})
+            await delete_where(core, query, replies_of=message.user_key)
+            return Reply(f"Done: I forgot everything from you ({count} messages).", private=True)
+        count = await delete_where(core, {"author_key": message.user_key, "_id": target})
+    except MemoryUnavailable:
+        return Reply(FORGET_LATER, private=True, is_error=True)
     if count == 0:
         return Reply(f"I have no memory {target} from you. /memory lists your ids.", private=True, is_error=True)
     return Reply(f"Done: I forgot {target}.", private=True)

@@ -23,5 +23,7 @@ class CoreConfig:
     recall_k: int = 8  # memories shown to the model
     retrieval_only_k: int = 5  # memories listed when no model is configured
     lease_seconds: float = 120.0  # a worker that stops renewing its messages for this long is presumed dead
+    heartbeat_seconds: float = 5.0  # how often a worker says it is alive (and renews its leases)
+    worker_stale_seconds: float = 20.0  # no heartbeat for this long: the worker is dead, its messages adoptable
     max_attempts: int = 3  # a message that crashed this many workers is failed with a reply, not retried
     media_concurrency: int = 1  # CPU-heavy media jobs at once (2-core machines)

@@ -24,7 +24,7 @@ from core import commands
 from core.answer import Answerer, Source, build_prompt, cite, to_datetime
 from core.channel_settings import ChannelSettings, SettingsRepo
 from core.config import CoreConfig
-from core.errors import MediaError, ModelUnavailable
+from core.errors import MediaError, MemoryUnavailable, ModelUnavailable
 from core.media import MediaReader, MediaText
 from core.memory.index import MemoryIndex, MemoryItem
 from core.metrics import Metrics
@@ -43,6 +43,7 @@ INTERRUPTED = (
     "I was interrupted while sending my answer to this message. If it didn't reach you, please ask "
     "again; your message is saved."
 )
+MEMORY_DOWN = "I can't reach my memory right now; your message is saved. Please ask again in a moment."
 GAVE_UP = "I couldn't finish answering this message after several tries. It is saved; please ask again."
 # Series that exist from the start, so dashboards and alerts see zeros rather than gaps.
 _COUNTERS = ("mnemo_messages_in_total", "mnemo_replies_out_total", "mnemo_duplicates_total",
@@ -97,6 +98,7 @@ class Core:
         self._heartbeat: asyncio.Task[None] | None = None
         self._queued: dict[str, list[_Queued]] = {}  # conversation -> heap of messages not yet taken
         self._seq = itertools.count()
+        self._live: tuple[float, set[str]] | None = None  # (when read, live workers): see live_workers
 
     @property
     def lease(self) -> timedelta:
@@ -109,20 +111,21 @@ class Core:
 
     async def start(self, background: bool = True) -> None:
         await self.store.ensure_indexes()
+        await self.finish_deletions()  # forgets a crash interrupted: finished before any answer
         if self.answerer.has_model or not getattr(self.index.embedder, "name", "").startswith("local:"):
             # litellm takes seconds to import; done lazily inside the first answer it would
             # block the event loop, and with it the lease heartbeat and every webhook.
             await asyncio.to_thread(importlib.import_module, "litellm")
-        # The heartbeat renews the leases of every message this worker holds; a worker that
-        # dies stops renewing, and after one lease another worker adopts its messages.
-        self._heartbeat = asyncio.create_task(
-            self._every(self.config.lease_seconds / 3, self.renew_leases), name="heartbeat"
-        )
+        # The heartbeat says this worker is alive and renews the leases of every message it
+        # holds. A worker that dies stops beating: within `worker_stale_seconds` (or at once,
+        # when it was a process on this host) another worker adopts its messages.
+        await self.store.beat(self.worker_id, list(self.platforms))
+        beat_every = min(self.config.heartbeat_seconds, self.config.lease_seconds / 3)
+        self._heartbeat = asyncio.create_task(self._every(beat_every, self.renew_leases), name="heartbeat")
         if background:
             self._loops.append(asyncio.create_task(self._every(3600, self.enforce_retention), name="retention"))
-            self._loops.append(
-                asyncio.create_task(self._every(self.config.lease_seconds / 2, self.recover_stale), name="recovery")
-            )
+            self._loops.append(asyncio.create_task(self._every(beat_every, self.recover_stale), name="recovery"))
+            self._loops.append(asyncio.create_task(self._every(30, self.finish_deletions), name="deletions"))
 
     async def drain(self, timeout: float = 30.0) -> None:
         """Graceful shutdown: take no new work, let in-flight work finish within `timeout`,
@@ -144,13 +147,30 @@ class Core:
             self._heartbeat.cancel()
             await asyncio.gather(self._heartbeat, return_exceptions=True)
             self._heartbeat = None
+            try:
+                await self.store.stop_beating(self.worker_id)
+            except Exception as exc:  # noqa: BLE001 - the heartbeat goes stale on its own
+                log.warning("could not remove this worker's heartbeat: %s", type(exc).__name__)
 
     async def close(self, timeout: float = 30.0) -> None:
         await self.drain(timeout)
         await self.media.close()
 
     async def renew_leases(self) -> None:
+        await self.store.beat(self.worker_id, list(self.platforms))
         await self.store.renew_leases(self.worker_id, self.lease)
+
+    async def live_workers(self) -> set[str]:
+        """Workers with a recent heartbeat, less those on this host whose process is gone (a
+        `mnemo chat` killed a moment ago is dead now, not in `worker_stale_seconds`)."""
+        now = time.monotonic()
+        if self._live is not None and now - self._live[0] < 1.0:
+            return self._live[1]
+        since = utcnow() - timedelta(seconds=self.config.worker_stale_seconds)
+        live = {w for w in await self.store.recent_beats(since) if w == self.worker_id or not _dead_here(w)}
+        live.add(self.worker_id)
+        self._live = (now, live)
+        return live
 
     def note_rate_limit(self, platform: str, seconds: float) -> None:
         """Adapters call this when a platform says 429 and they wait `seconds` before retrying."""
@@ -248,10 +268,17 @@ class Core:
             if queue and queue[0] < entry:
                 entry = heapq.heapreplace(queue, entry)
                 continue
-            if not await self.store.earlier_pending(
+            earlier = await self.store.earlier_pending(
                 conversation_key, entry.message.event_key, entry.order_ts, entry.created_at
-            ):
+            )
+            if earlier is None:
                 return entry
+            if earlier.get("owner") not in await self.live_workers():
+                # Its holder is dead: adopt it here (it joins this queue, ahead of this
+                # entry), or, when it cannot be adopted here, it does not hold this one up.
+                if not await self.recover_stale(conversation_key):
+                    return entry
+                continue
             if time.monotonic() > deadline:
                 log.warning("an earlier message of %s is still pending; answering %s out of order",
                             conversation_key, entry.message.event_key)
@@ -293,6 +320,11 @@ class Core:
             return
         try:
             reply = await self._work(message, doc, platform)
+        except MemoryUnavailable as exc:
+            log.error("memory index unavailable while answering %s: %s", doc["_id"], exc)
+            self.metrics.inc("mnemo_memory_errors_total")
+            await self._deliver(message, doc, platform, Reply(MEMORY_DOWN, is_error=True), state=FAILED)
+            return
         except Exception:
             log.exception("processing failed for %s", message.event_key)
             reply = Reply("Something went wrong on my side; your message is saved.", is_error=True)
@@ -318,8 +350,13 @@ class Core:
         content = memory_text(message.text, media_texts)
         user = await self.store.get_user(message.user_key)
         if settings.memory == "on" and not user.get("opted_out") and content.strip() and doc["remember"]:
-            await self.index.add([self._memory_item(doc, content, media_texts)])
-            await self.store.update_message(doc["_id"], {"remembered": True})
+            try:
+                await self.index.add([self._memory_item(doc, content, media_texts)])
+                await self.store.update_message(doc["_id"], {"remembered": True})
+            except MemoryUnavailable as exc:
+                # Stored, not yet indexed (`remembered` stays False): indexed when Chroma is back.
+                log.error("memory index unavailable; %s is stored, indexed later: %s", doc["_id"], exc)
+                self.metrics.inc("mnemo_memory_errors_total")
 
         addressed = self._addressed(message, settings, command)
         if not addressed:
@@ -517,12 +554,30 @@ class Core:
             removed += await commands.delete_where(self, {"conversation_key": conversation_key, "ts": {"$lt": cutoff}})
         return removed
 
-    async def recover_stale(self) -> int:
-        """Adopt and process messages whose holder stopped renewing their lease (a crashed or
-        killed worker, or one that handed them back on shutdown). Returns how many."""
+    async def finish_deletions(self) -> int:
+        """Complete recorded deletions (forget, retention) that a crash or a Chroma outage
+        interrupted. Returns how many were finished."""
+        finished = 0
+        for deletion in await self.store.pending_deletions():
+            try:
+                await commands.finish_deletion(self, deletion)
+            except MemoryUnavailable as exc:
+                log.warning("pending deletions wait for the memory index: %s", exc)
+                break
+            finished += 1
+        if finished:
+            log.info("finished %d interrupted deletions", finished)
+        return finished
+
+    async def recover_stale(self, conversation_key: str | None = None) -> int:
+        """Adopt and process messages whose holder is gone (a crashed or killed worker, this
+        process's own predecessor included, or one that handed them back on shutdown), of one
+        conversation or of every registered platform. Returns how many."""
         if self.draining or not self.platforms:
             return 0
-        adopted = await self.store.adopt_stale(self.worker_id, self.lease, list(self.platforms))
+        adopted = await self.store.adopt_stale(
+            self.worker_id, self.lease, list(self.platforms), await self.live_workers(), conversation_key
+        )
         for found in adopted:
             message = message_from_doc(found)
             # Into the conversation's queue, in its place by timestamp (see _await_turn).
@@ -531,6 +586,21 @@ class Core:
             self.metrics.inc("mnemo_recovered_total", len(adopted))
             log.info("adopted %d pending messages from stopped workers", len(adopted))
         return len(adopted)
+
+
+def _dead_here(worker_id: str) -> bool:
+    """Whether `worker_id` (host:pid:token, see Core) names a process of this host that is gone."""
+    host, _, rest = worker_id.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # exists, owned by someone else
+    return False
 
 
 def memory_text(text: str, media: list[MediaText]) -> str:

@@ -12,3 +12,7 @@ class ModelUnavailable(Exception):
 
 class MediaError(Exception):
     """An attachment could not be read; the message is phrased for the sender."""
+
+
+class MemoryUnavailable(Exception):
+    """The memory index (Chroma) could not be read or written: an outage, not "nothing there"."""

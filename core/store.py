@@ -77,6 +77,8 @@ class Store:
         self.conversations = self.db["conversations"]
         self.users = self.db["users"]
         self.audit = self.db["settings_audit"]
+        self.workers = self.db["workers"]  # heartbeats: which workers are alive
+        self.deletions = self.db["deletions"]  # forgets recorded before they are carried out
 
     async def ensure_indexes(self) -> None:
         await self.messages.create_index([("key", ASCENDING)], unique=True, name="event_key_unique")
@@ -139,16 +141,39 @@ class Store:
         )
         return result.modified_count
 
+    async def beat(self, worker_id: str, platforms: list[str]) -> None:
+        """A worker's heartbeat (a few seconds apart; separate from the message leases)."""
+        await self.workers.update_one(
+            {"_id": worker_id}, {"$set": {"beat_at": utcnow(), "platforms": platforms}}, upsert=True
+        )
+
+    async def recent_beats(self, since: datetime) -> list[str]:
+        """Workers whose last heartbeat is after `since`."""
+        return [doc["_id"] async for doc in self.workers.find({"beat_at": {"$gte": since}}, {"_id": 1})]
+
+    async def stop_beating(self, worker_id: str) -> None:
+        await self.workers.delete_one({"_id": worker_id})
+
     async def adopt_stale(
-        self, owner: str, lease: timedelta, platforms: list[str], limit: int = 100
+        self, owner: str, lease: timedelta, platforms: list[str], live: set[str],
+        conversation_key: str | None = None, limit: int = 100,
     ) -> list[dict[str, Any]]:
-        """Take over messages whose holder stopped renewing (crashed, killed, or handed them
-        back). Each adoption is one atomic update, so two workers never adopt the same message.
-        A message caught mid-send is flagged `interrupted_send`: it may have been delivered."""
+        """Take over messages whose holder is gone: its lease expired (handed back, or a worker
+        that stopped renewing) or its owner is not among the `live` workers (no recent
+        heartbeat: crashed or killed). Each adoption is one atomic update of the version that
+        was read, so two workers never adopt the same message. A message caught mid-send is
+        flagged `interrupted_send`: it may have been delivered."""
         now = utcnow()
+        query: dict[str, Any] = {
+            "platform": {"$in": platforms},
+            "state": {"$in": PENDING},
+            "$or": [{"lease_until": {"$lt": now}}, {"owner": {"$nin": sorted(live | {owner})}}],
+        }
+        if conversation_key is not None:
+            query["conversation_key"] = conversation_key
         cursor = self.messages.find(
-            {"platform": {"$in": platforms}, "state": {"$in": PENDING}, "lease_until": {"$lt": now}},
-            {"_id": 1, "state": 1},
+            query,
+            {"_id": 1, "state": 1, "owner": 1, "lease_until": 1},
         ).sort("created_at", ASCENDING).limit(limit)
         adopted = []
         for found in [doc async for doc in cursor]:
@@ -156,7 +181,8 @@ class Store:
             if found["state"] == SENDING:
                 fields["interrupted_send"] = True
             doc = await self.messages.find_one_and_update(
-                {"_id": found["_id"], "state": found["state"], "lease_until": {"$lt": now}},
+                {"_id": found["_id"], "state": found["state"], "owner": found.get("owner"),
+                 "lease_until": found.get("lease_until")},
                 {"$set": fields},
                 return_document=ReturnDocument.AFTER,
             )
@@ -173,11 +199,13 @@ class Store:
         )
         return result.modified_count
 
-    async def earlier_pending(self, conversation_key: str, key: str, order_ts: float, created_at: datetime) -> bool:
-        """Whether a message of the conversation that comes before this one (platform
-        timestamp, then storing time) is still pending on any worker: replies keep the
-        conversation's order across workers."""
-        found = await self.messages.find_one(
+    async def earlier_pending(
+        self, conversation_key: str, key: str, order_ts: float, created_at: datetime
+    ) -> dict[str, Any] | None:
+        """A message of the conversation that comes before this one (platform timestamp, then
+        storing time) and is still pending on some worker, with its `owner` (None when there
+        is none): replies keep the conversation's order across workers."""
+        return await self.messages.find_one(
             {
                 "conversation_key": conversation_key,
                 "state": {"$in": PENDING},
@@ -187,9 +215,8 @@ class Store:
                     {"order_ts": order_ts, "created_at": {"$lt": created_at}},
                 ],
             },
-            {"_id": 1},
+            {"_id": 1, "owner": 1},
         )
-        return found is not None
 
     async def update_message(self, message_id: str, fields: dict[str, Any]) -> None:
         await self.messages.update_one({"_id": message_id}, {"$set": fields})
@@ -230,6 +257,43 @@ class Store:
             {"conversation_key": conversation_key, "sent_ids": platform_message_id}, {"_id": 1}
         )
         return found is not None
+
+    # -- deletions ----------------------------------------------------------------------
+
+    async def record_deletion(self, query: dict[str, Any], replies_of: str | None = None) -> dict[str, Any] | None:
+        """Record, durably and before anything is deleted, which messages a forget (or the
+        retention sweep) removes: their ids per scope and event keys. A crash mid-way leaves
+        this record, and `finish_deletion` (run again at start-up) completes it. None when
+        nothing matches and nothing else is to be deleted."""
+        docs = [doc async for doc in self.messages.find(query, {"_id": 1, "scope": 1, "key": 1})]
+        if not docs and replies_of is None:
+            return None
+        by_scope: dict[str, list[str]] = {}
+        for doc in docs:
+            by_scope.setdefault(doc["scope"], []).append(doc["_id"])
+        deletion = {
+            "_id": new_id("d"),
+            "scopes": [{"scope": scope, "ids": ids} for scope, ids in by_scope.items()],
+            "keys": [doc["key"] for doc in docs],
+            "replies_of": replies_of,
+            "at": utcnow(),
+        }
+        await self.deletions.insert_one(deletion)
+        return deletion
+
+    async def pending_deletions(self) -> list[dict[str, Any]]:
+        return [doc async for doc in self.deletions.find({}).sort("at", ASCENDING)]
+
+    async def delete_recorded(self, deletion: dict[str, Any]) -> None:
+        """The MongoDB half of a recorded deletion (after Chroma's): the messages, the replies
+        answering or quoting them, then the record itself. Safe to run twice."""
+        ids = [memory_id for part in deletion["scopes"] for memory_id in part["ids"]]
+        derived: list[dict[str, Any]] = [{"message_key": {"$in": deletion["keys"]}}, {"footnotes.memory_id": {"$in": ids}}]
+        if deletion.get("replies_of"):
+            derived.append({"author_key": deletion["replies_of"]})
+        await self.replies.delete_many({"$or": derived})
+        await self.messages.delete_many({"_id": {"$in": ids}})
+        await self.deletions.delete_one({"_id": deletion["_id"]})
 
     # -- users --------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import MemoryUnavailable
 from core.memory.embedder import Embedder
 from core.memory.query import plan_query
 from core.memory.scope_view import DENSE_POOL, EXACT_LIMIT, ScopeView
@@ -57,6 +58,24 @@ class Hit:
     score: float
     document: str
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _is_missing(exc: Exception) -> bool:
+    """Chroma's "collection does not exist" (NotFoundError in 1.x; ValueError before it). Any
+    other error (a deleted directory, a full disk, a server down) is an outage."""
+    if type(exc).__name__ == "NotFoundError":
+        return True
+    return isinstance(exc, ValueError) and "does not exist" in str(exc)
+
+
+async def _in_chroma(call: Any, *args: Any) -> Any:
+    """Run a synchronous Chroma call in a thread; its failures become MemoryUnavailable."""
+    try:
+        return await asyncio.to_thread(call, *args)
+    except MemoryUnavailable:
+        raise
+    except Exception as exc:
+        raise MemoryUnavailable(f"memory index: {type(exc).__name__}: {exc}") from exc
 
 
 def collection_name(scope: Scope) -> str:
@@ -99,8 +118,10 @@ class MemoryIndex:
             else:
                 try:
                     found = self.chroma.get_collection(name, embedding_function=None)
-                except Exception:  # noqa: BLE001 - chroma raises different types per backend
-                    return None
+                except Exception as exc:
+                    if _is_missing(exc):
+                        return None
+                    raise
             self._collections[name] = found
             return found
 
@@ -162,7 +183,7 @@ class MemoryIndex:
             return
         if vectors is None:
             vectors = await self.embed_items(items)
-        await asyncio.to_thread(self._add_sync, items, vectors)
+        await _in_chroma(self._add_sync, items, vectors)
 
     def _add_sync(self, items: list[MemoryItem], vectors: np.ndarray) -> None:
         by_scope: dict[Scope, list[int]] = {}
@@ -187,7 +208,7 @@ class MemoryIndex:
 
     async def delete(self, scope: Scope, memory_ids: list[str]) -> None:
         if memory_ids:
-            await asyncio.to_thread(self._delete_sync, scope, memory_ids)
+            await _in_chroma(self._delete_sync, scope, memory_ids)
 
     def _delete_sync(self, scope: Scope, memory_ids: list[str]) -> None:
         collection = self._collection(scope, create=False)
@@ -205,7 +226,7 @@ class MemoryIndex:
             collection = self._collection(scope, create=False)
             return 0 if collection is None else int(collection.count())
 
-        return await asyncio.to_thread(run)
+        return int(await _in_chroma(run))
 
     async def get_ids(self, scope: Scope, memory_ids: list[str]) -> list[str]:
         def run() -> list[str]:
@@ -214,7 +235,7 @@ class MemoryIndex:
                 return []
             return list(collection.get(ids=memory_ids, include=[])["ids"])
 
-        return await asyncio.to_thread(run)
+        return list(await _in_chroma(run))
 
     # -- search -------------------------------------------------------------------------
 
@@ -223,12 +244,12 @@ class MemoryIndex:
         it anchors "last week" and the like)."""
         if not query.strip():
             return []
-        view = await asyncio.to_thread(self._open_view, scope)
+        view = await _in_chroma(self._open_view, scope)
         if view is None:
             return []
         plan = plan_query(query, set(view.authors), now)
         vector = (await self.embedder.embed([plan.semantic_text]))[0]
-        return await asyncio.to_thread(self._search_sync, scope, view, plan, vector, k)
+        return list(await _in_chroma(self._search_sync, scope, view, plan, vector, k))
 
     def _open_view(self, scope: Scope) -> ScopeView | None:
         collection = self._collection(scope, create=False)
