@@ -26,6 +26,7 @@ from tests.fakes.discord import (
     CHANNEL_ID,
     EPHEMERAL,
     GUILD_ID,
+    PRIVATE_THREAD_ID,
     THREAD_ID,
     FakeDiscord,
     dm_channel_id,
@@ -137,6 +138,30 @@ async def test_thread_reply_goes_into_the_thread_and_shares_the_channel_memory(b
     assert str(reply["message_reference"]["message_id"]) == question["id"]
     assert "Lisbon" in reply["content"]
     assert jump_url(CHANNEL_ID, fact["id"]) in reply["content"]
+
+
+async def test_a_private_thread_is_its_own_scope_never_read_in_its_parent_channel(
+    bot: Bot, fake_llm: FakeLLM
+) -> None:
+    fake = bot.fake
+    secret = await bot.say(fake.message("HR only: the reorg moves Dana to the Porto office.", channel_id=PRIVATE_THREAD_ID))
+    await bot.idle()
+    asked_in_general = len(fake_llm.chat_requests())
+    general = await bot.say(fake.message("where is Dana moving with the reorg?", mention_bot=True))
+    [reply] = await bot.replies(general)
+    assert "Porto" not in reply["content"] and str(PRIVATE_THREAD_ID) not in reply["content"]
+    assert "Porto" not in json.dumps([r["messages"] for r in fake_llm.chat_requests()[asked_in_general:]])
+    # a public thread shares the channel's scope, so it cannot read the private thread either
+    public = await bot.say(fake.message("where is Dana moving?", channel_id=THREAD_ID, mention_bot=True))
+    [reply] = await bot.replies(public)
+    assert "Porto" not in reply["content"]
+    # inside the private thread it is remembered and cited, linked to the thread
+    inside = await bot.say(fake.message("where is Dana moving with the reorg?", channel_id=PRIVATE_THREAD_ID,
+                                        mention_bot=True))
+    [reply] = await bot.replies(inside)
+    assert reply["channel_id"] == str(PRIVATE_THREAD_ID)
+    assert "Porto" in reply["content"]
+    assert jump_url(PRIVATE_THREAD_ID, secret["id"]) in reply["content"]
 
 
 async def test_reply_to_the_bot_is_answered_and_dm_always(bot: Bot) -> None:

@@ -1,7 +1,9 @@
 """Discord events -> core.Message.
 
-Threads keep the memory and settings of their channel: conversation_id is the parent
-channel, thread_id the thread (replies go into the thread). Message ids are snowflakes, so
+Public threads keep the memory and settings of their channel: conversation_id is the parent
+channel, thread_id the thread (replies go into the thread). A private thread is its own
+conversation and privacy scope (not every member of the parent can read it): both ids are
+the thread's. Message ids are snowflakes, so
 `discord:<channel>:<message>` identifies an event across redeliveries and resumes.
 """
 
@@ -20,8 +22,11 @@ _ANSWERABLE = (discord.MessageType.default, discord.MessageType.reply)
 
 
 def conversation_of(channel: object) -> tuple[str, str | None]:
-    """(conversation_id, thread_id) for a channel: a thread belongs to its parent channel."""
+    """(conversation_id, thread_id) for a channel: a public thread belongs to its parent
+    channel; a private thread (type 12) is its own conversation."""
     if isinstance(channel, discord.Thread):
+        if channel.type is discord.ChannelType.private_thread:
+            return str(channel.id), str(channel.id)
         return str(channel.parent_id), str(channel.id)
     return str(getattr(channel, "id", "")), None
 

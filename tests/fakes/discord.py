@@ -29,6 +29,7 @@ BOT_ID = 900000000000000001
 GUILD_ID = 910000000000000001
 CHANNEL_ID = 920000000000000001  # #general
 THREAD_ID = 930000000000000001  # a thread under #general
+PRIVATE_THREAD_ID = 930000000000000002  # a private thread under #general (type 12)
 ALICE = 950000000000000001  # member without Manage Channels
 BOB = 950000000000000002  # has the "mods" role: Manage Channels
 ADMIN_ROLE = 960000000000000001
@@ -88,9 +89,9 @@ def _text_channel() -> dict[str, Any]:
             "last_message_id": None, "rate_limit_per_user": 0, "flags": 0}
 
 
-def _thread() -> dict[str, Any]:
-    return {"id": str(THREAD_ID), "type": 11, "guild_id": str(GUILD_ID), "parent_id": str(CHANNEL_ID),
-            "owner_id": str(ALICE), "name": "trip-plans", "last_message_id": None, "message_count": 0,
+def _thread(thread_id: int = THREAD_ID, private: bool = False) -> dict[str, Any]:
+    return {"id": str(thread_id), "type": 12 if private else 11, "guild_id": str(GUILD_ID),
+            "parent_id": str(CHANNEL_ID), "owner_id": str(ALICE), "name": "hr-only" if private else "trip-plans", "last_message_id": None, "message_count": 0,
             "member_count": 2, "rate_limit_per_user": 0, "flags": 0,
             "thread_metadata": {"archived": False, "auto_archive_duration": 1440, "archive_timestamp": _now(),
                                 "locked": False}}
@@ -109,7 +110,8 @@ def guild_create() -> dict[str, Any]:
             _role(ADMIN_ROLE, "mods", MEMBER_PERMS | MANAGE_CHANNELS),
             _role(BOT_ROLE, "Mnemo", MEMBER_PERMS, bot_id=BOT_ID),
         ],
-        "channels": [_text_channel()], "threads": [_thread()], "members": [_member(BOT_ID, with_user=True)],
+        "channels": [_text_channel()], "threads": [_thread(), _thread(PRIVATE_THREAD_ID, private=True)],
+        "members": [_member(BOT_ID, with_user=True)],
         "member_count": 3, "large": False, "unavailable": False, "joined_at": _now(), "voice_states": [],
         "presences": [], "stage_instances": [], "guild_scheduled_events": [], "soundboard_sounds": [],
     }
