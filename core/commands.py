@@ -39,6 +39,14 @@ HELP = """I'm {bot}. I remember what's said where I am and answer with numbered 
 What you tell me in a DM stays in your DMs; what's said in a group stays in that group."""
 
 
+# Commands about the sender's own memory: answered privately, so never for a sender who
+# has no private channel and no identity of their own.
+PERSONAL = frozenset({"memory", "forget", "export", "optout", "optin", "profile", "dashboard"})
+ANONYMOUS = (
+    "You are posting as the group itself (an anonymous admin), so I can't tell you apart from its "
+    "other anonymous admins and have no private chat to answer you in. Nothing is shown here; "
+    "post as yourself, or write to me in a private chat, to see or change your memory."
+)
 FORGET_LATER = (
     "I can't reach my memory index right now, so I couldn't finish forgetting. The deletion is "
     "recorded and will be completed as soon as the index is back; /memory shows what is left."
@@ -49,6 +57,12 @@ FORGET_LATER = (
 class Command:
     name: str
     args: str
+
+
+def speaks_as_conversation(message: Message) -> bool:
+    """An anonymous group admin (Telegram: `sender_chat` is the group): every such admin shares
+    the group's id, so none of them may read or change "their" memory."""
+    return not message.is_dm and message.author_id == message.conversation_id
 
 
 def parse(text: str) -> Command | None:
@@ -62,6 +76,8 @@ def parse(text: str) -> Command | None:
 
 
 async def run(core: Core, message: Message, platform: Platform, command: Command) -> Reply:
+    if command.name in PERSONAL and speaks_as_conversation(message):
+        return Reply(ANONYMOUS, is_error=True)
     handler = _HANDLERS[command.name]
     return await handler(core, message, platform, command.args)
 

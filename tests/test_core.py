@@ -159,3 +159,29 @@ def test_long_replies_split_at_the_limit_with_footnotes_whole() -> None:
     for chunk in chunks:
         body_lines = [line for line in chunk.splitlines() if line and not line.startswith("[")]
         assert not body_lines or body_lines[-1].endswith("."), chunk
+
+
+async def test_a_dead_workers_message_is_adopted_at_once_and_never_blocks_the_next(make_core: Any) -> None:
+    from core.store import message_doc
+
+    core, platform = await core_with(make_core)  # lease 120 s: only the heartbeats can tell
+    # A worker on another host stored a message, then died: its lease runs for minutes more,
+    # but its heartbeat stopped 25 s ago.
+    dead, alive = "far-host:4242:dead00", "far-host:4243:live00"
+    for worker in (dead, alive):
+        await core.store.beat(worker, ["test"])
+    await core.store.workers.update_one({"_id": dead}, {"$set": {"beat_at": utcnow() - timedelta(seconds=25)}})
+    for worker, mid in ((dead, "1"), (alive, "2")):
+        earlier = msg(f"the spare key {mid} is under the blue flowerpot", mid=mid, conv=f"dm-u{mid}", user=f"u{mid}")
+        doc = message_doc(earlier, remember=True)
+        doc.update(owner=worker, lease_until=utcnow() + timedelta(seconds=100), order_ts=earlier.ts.timestamp(),
+                   state="processing")
+        await core.store.insert_message(doc)
+    started = asyncio.get_running_loop().time()
+    await core.handle(msg("where is the spare key?", mid="3", conv="dm-u1", user="u1"))
+    assert asyncio.get_running_loop().time() - started < 30
+    answered = [m.message_id for m, _ in platform.sent]
+    assert answered == ["1", "3"]  # the dead worker's message first, in the conversation's order
+    # the live worker's message is left to it
+    assert (await core.store.get_message("test:dm-u2:2"))["owner"] == alive
+    assert await core.recover_stale() == 0

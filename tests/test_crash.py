@@ -5,9 +5,10 @@ the long version.)"""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
-from tests.killing import exported, run_forget_rounds, run_kill_rounds, seed_from_env
+from tests.killing import ANSWER, ChatProcess, exported, run_forget_rounds, run_kill_rounds, seed_from_env
 
 
 def _embedded(base_env: dict[str, str]) -> dict[str, str]:
@@ -40,3 +41,25 @@ def test_forgotten_messages_never_come_back_after_a_sigkill(base_env: dict[str, 
     figures = run_forget_rounds(env, data_dir, rounds=10, seed=seed)
     assert figures.rounds >= 10 and figures.forgotten
     assert figures.back == set(), f"seed {seed}: forgotten lines came back: {sorted(figures.back)}"
+
+
+def test_forget_during_a_chroma_failure_is_an_error_then_finished_at_start_up(
+    base_env: dict[str, str], data_dir: Path
+) -> None:
+    env = _embedded(base_env)
+    chat = ChatProcess(env, ("--user", "gus"))
+    try:
+        chat.send("my passport number is X1234567")
+        assert chat.wait_for(lambda line: line.startswith(ANSWER), timeout=120)
+        shutil.rmtree(data_dir / "chroma")  # the index can no longer be written
+        chat.send("/forget all")
+        reply = chat.read_until("", timeout=120)
+        assert "Done" not in reply and "couldn't finish forgetting" in reply, reply
+    finally:
+        chat.kill()
+    # The deletion was recorded before anything else: the next start finishes it.
+    after = ChatProcess(env, ("--user", "gus"))
+    after.send("/memory")
+    listing = after.read_until("", timeout=120)
+    after.finish()
+    assert "X1234567" not in listing and "I don't remember anything from you." in listing, listing

@@ -560,3 +560,30 @@ async def test_text_mention_addresses_the_bot_and_anonymous_admins_are_admins(
     changed = telegram.push(telegram.message(GROUP, anonymous, "/settings citations off", sender_chat=GROUP))
     [yes] = await eventually(lambda: replies_to(telegram, changed), what="anonymous admin's change")
     assert "citations: on -> off" in visible(yes)
+
+
+async def test_anonymous_admins_get_no_memory_contents_and_other_bots_are_ignored(
+    bot: Running, telegram: FakeTelegram
+) -> None:
+    await bot.start()
+    anonymous = user(1087968824, "Group", "GroupAnonymousBot") | {"is_bot": True}
+    telegram.push(telegram.message(GROUP, anonymous, "The vault code is 5521", sender_chat=GROUP))
+    for command in ("/memory", "/export", "/forget all"):
+        asked = telegram.push(telegram.message(GROUP, anonymous, command, sender_chat=GROUP))
+        [reply] = await eventually(lambda asked=asked: replies_to(telegram, asked), what=f"anonymous {command}")
+        assert "anonymous admin" in visible(reply) and "5521" not in visible(reply)
+    assert telegram.calls_to("sendDocument") == []
+    # nothing was forgotten on behalf of "the group": the message is still in its memory
+    def mentioning(sender: dict[str, Any], text: str) -> dict[str, Any]:
+        text = f"{MENTION} {text}"
+        return telegram.push(telegram.message(GROUP, sender, text, entities=[mention_entity(text, MENTION)]))
+
+    asked = mentioning(ALICE, "what is the vault code?")
+    [answer] = await eventually(lambda: replies_to(telegram, asked), what="answer about the vault")
+    assert "5521" in visible(answer)
+    # another bot talking in the group is neither answered nor remembered
+    other_bot = user(5550001, "Helper", "helper_bot") | {"is_bot": True}
+    said = mentioning(other_bot, "the vault code changed to 9999")
+    later = mentioning(ALICE, "has the vault code changed?")
+    [answer] = await eventually(lambda: replies_to(telegram, later), what="answer after the bot's message")
+    assert replies_to(telegram, said) == [] and "9999" not in visible(answer)

@@ -37,6 +37,8 @@ def to_core_message(tg: TgMessage, me: BotIdentity, download: Downloader, *, edi
         return None  # joins, pins, topic edits...: nothing anyone said
     if _command_for_other_bot(text, me):
         return None
+    if tg.sender_chat is None and tg.from_user is not None and tg.from_user.is_bot:
+        return None  # another bot (as on Slack and Discord); anonymous admins come as GroupAnonymousBot with sender_chat
     author_id, author_name = _author(tg)
     return Message(
         platform=PLATFORM,
