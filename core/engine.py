@@ -48,7 +48,7 @@ GAVE_UP = "I couldn't finish answering this message after several tries. It is s
 # Series that exist from the start, so dashboards and alerts see zeros rather than gaps.
 _COUNTERS = ("mnemo_messages_in_total", "mnemo_replies_out_total", "mnemo_duplicates_total",
              "mnemo_model_errors_total", "mnemo_send_failures_total", "mnemo_recovered_total",
-             "mnemo_rate_limit_waits_total", "mnemo_rate_limit_wait_seconds_total")
+             "mnemo_rate_limit_waits_total", "mnemo_rate_limit_wait_seconds_total", "mnemo_quarantined_total")
 
 
 @dataclass(order=True)
@@ -193,6 +193,7 @@ class Core:
         """Store `message` and queue it. Returns a future done once it is processed, or
         None when it was already stored (a redelivered event: nothing happens twice)."""
         self.metrics.inc("mnemo_messages_in_total", platform=message.platform)
+        message.text, message.author_name = storable(message.text), storable(message.author_name)
         if message.edited:
             await self.apply_edit(message)
             return None
@@ -554,6 +555,16 @@ class Core:
             removed += await commands.delete_where(self, {"conversation_key": conversation_key, "ts": {"$lt": cutoff}})
         return removed
 
+    async def quarantine(self, platform: str, event_id: str, payload: str | None, error: BaseException) -> None:
+        """An event that can never be stored (not a transient error): kept aside with its
+        error, logged with the traceback and counted, so the platform's intake moves on."""
+        log.error("%s event %s cannot be stored; quarantined", platform, event_id, exc_info=error)
+        self.metrics.inc("mnemo_quarantined_total", platform=platform)
+        try:
+            await self.store.quarantine(platform, event_id, payload, f"{type(error).__name__}: {error}"[:2000])
+        except Exception as exc:  # noqa: BLE001 - the log line above is the record then
+            log.warning("could not keep quarantined event %s: %s", event_id, type(exc).__name__)
+
     async def finish_deletions(self) -> int:
         """Complete recorded deletions (forget, retention) that a crash or a Chroma outage
         interrupted. Returns how many were finished."""
@@ -586,6 +597,15 @@ class Core:
             self.metrics.inc("mnemo_recovered_total", len(adopted))
             log.info("adopted %d pending messages from stopped workers", len(adopted))
         return len(adopted)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """Text as it can be stored: lone surrogates (undecodable code points some clients send)
+    replaced by U+FFFD, which BSON's UTF-8 cannot hold otherwise."""
+    return _SURROGATE.sub("\ufffd", text) if text else text
 
 
 def _dead_here(worker_id: str) -> bool:

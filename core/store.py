@@ -295,6 +295,13 @@ class Store:
         await self.messages.delete_many({"_id": {"$in": ids}})
         await self.deletions.delete_one({"_id": deletion["_id"]})
 
+    async def quarantine(self, platform: str, event_id: str, payload: str | None, error: str) -> None:
+        # Capped: the event may be what was too large to store in the first place.
+        await self.db["quarantine"].insert_one({
+            "_id": new_id("q"), "platform": platform, "event_id": event_id,
+            "payload": payload[:100_000] if payload else None, "error": error, "at": utcnow(),
+        })
+
     # -- users --------------------------------------------------------------------------
 
     async def get_user(self, user_key: str) -> dict[str, Any]:

@@ -64,7 +64,7 @@ class ChatProcess:
             if matches(line):
                 return True
 
-    def read_until(self, prefix: str, timeout: float) -> str:
+    def read_until(self, prefix: str | tuple[str, ...], timeout: float) -> str:
         """stdout up to and including the first line starting with `prefix`."""
         seen: list[str] = []
         self.wait_for(lambda line: bool(seen.append(line)) or line.startswith(prefix), timeout)

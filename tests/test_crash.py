@@ -56,10 +56,10 @@ def test_forget_during_a_chroma_failure_is_an_error_then_finished_at_start_up(
         reply = chat.read_until("", timeout=120)
         assert "Done" not in reply and "couldn't finish forgetting" in reply, reply
     finally:
-        chat.kill()
+        chat.finish()
     # The deletion was recorded before anything else: the next start finishes it.
     after = ChatProcess(env, ("--user", "gus"))
     after.send("/memory")
-    listing = after.read_until("", timeout=120)
+    listing = after.read_until(("I don't remember", "What I remember"), timeout=120)
     after.finish()
     assert "X1234567" not in listing and "I don't remember anything from you." in listing, listing

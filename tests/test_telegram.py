@@ -587,3 +587,24 @@ async def test_anonymous_admins_get_no_memory_contents_and_other_bots_are_ignore
     later = mentioning(ALICE, "has the vault code changed?")
     [answer] = await eventually(lambda: replies_to(telegram, later), what="answer after the bot's message")
     assert replies_to(telegram, said) == [] and "9999" not in visible(answer)
+
+
+async def test_undecodable_text_is_stored_cleaned_and_an_unstorable_update_never_stops_intake(
+    bot: Running, telegram: FakeTelegram
+) -> None:
+    await bot.start()
+    dm = private_chat(ALICE)
+    broken = telegram.push(telegram.message(dm, ALICE, "my badge number is 7781 \ud83d and that's it"))
+    await eventually(lambda: replies_to(telegram, broken), 180, "reply to the text with a lone surrogate")
+    assert bot.core is not None
+    stored = await bot.core.store.get_message(f"telegram:{ALICE['id']}:{broken['message']['message_id']}")
+    assert stored is not None and stored["text"] == "my badge number is 7781 \ufffd and that's it"
+    # Larger than any MongoDB document: it can never be stored. It is quarantined and confirmed,
+    # and the messages after it are answered.
+    huge = telegram.push(telegram.message(dm, ALICE, "x" * (17 * 1024 * 1024)))
+    after = telegram.push(telegram.message(dm, ALICE, "what is my badge number?"))
+    [answer] = await eventually(lambda: replies_to(telegram, after), 120, "answer after the unstorable update")
+    assert "7781" in visible(answer)
+    assert 'mnemo_quarantined_total{platform="telegram"} 1' in bot.core.metrics.render()
+    kept = await bot.core.store.db["quarantine"].find_one({"event_id": str(huge["update_id"])})
+    assert kept is not None and "DocumentTooLarge" in kept["error"]

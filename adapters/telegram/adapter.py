@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable
@@ -32,7 +33,7 @@ from adapters.telegram.inbound import PLATFORM, BotIdentity, to_core_message
 from adapters.telegram.outbound import MAX_MESSAGE_CHARS, Sender
 from adapters.telegram.pacing import ChatPacer
 from core.engine import Core
-from core.errors import FatalPlatformError
+from core.errors import FatalPlatformError, is_transient
 from core.models import Message, PlatformLimits, Reply
 
 log = logging.getLogger(__name__)
@@ -243,7 +244,10 @@ class TelegramAdapter:
             try:
                 await self.intake(update)
                 return True
-            except Exception as exc:  # noqa: BLE001 - the store is unreachable: keep the update, try again
+            except Exception as exc:  # noqa: BLE001 - transient: keep the update, try again; else quarantine
+                if not is_transient(exc):
+                    await self._quarantine(update, exc)
+                    return True  # confirmed: one bad update never stops every chat's intake
                 log.warning("Telegram: storing update %s failed (%s); retrying", update.update_id, type(exc).__name__)
                 await self._pause(delay)
                 delay = min(delay * 2, 30)
@@ -263,10 +267,20 @@ class TelegramAdapter:
             return web.Response(status=503, text="starting")  # Telegram delivers it again
         try:
             await self.intake(update)
-        except Exception:
+        except Exception as exc:
+            if not is_transient(exc):
+                await self._quarantine(update, exc)
+                return web.Response(status=200)  # never stored, kept aside: a redelivery cannot help
             log.exception("Telegram: storing update %s failed", update.update_id)
             return web.Response(status=500, text="try again")  # Telegram redelivers; nothing is lost
         return web.Response(status=200)
+
+    async def _quarantine(self, update: Update, error: Exception) -> None:
+        try:
+            payload: str | None = json.dumps(update.model_dump(mode="json", exclude_none=True))
+        except Exception:  # noqa: BLE001 - what could not be stored may not serialise either
+            payload = None
+        await self.core.quarantine(PLATFORM, str(update.update_id), payload, error)
 
     async def intake(self, update: Update) -> None:
         """One update -> the core. A redelivered update_id does nothing; the core's dedupe
