@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -16,6 +17,15 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 _OPS_PATHS = ("/healthz", "/metrics")
+# Platform webhooks: the headers that prove the sender before its body is read, and a body cap
+# (Slack events and Telegram updates are a few KB; 1 MB is ample). An unsigned or oversized
+# post is refused without reading it, so big bodies cannot pile up in memory.
+WEBHOOK_MAX_BYTES = 1024 * 1024
+_WEBHOOK_HEADERS = {
+    "/slack/events": ("X-Slack-Signature", "X-Slack-Request-Timestamp"),
+    "/telegram/webhook": ("X-Telegram-Bot-Api-Secret-Token",),
+}
+_SLACK_MAX_SKEW_S = 300
 # A dict under a typed key: the app is frozen once started, the dict's contents are not.
 STATE = web.AppKey("state", dict)
 
@@ -29,8 +39,25 @@ async def refuse_while_draining(request: web.Request, handler: Handler) -> web.S
     return await handler(request)
 
 
+@web.middleware
+async def guard_webhooks(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Headers first, then size: refused before a byte of the body is read. The handler gets
+    a request whose body reads stop at WEBHOOK_MAX_BYTES (413), chunked uploads included."""
+    required = _WEBHOOK_HEADERS.get(request.path)
+    if required is None or request.method != "POST":
+        return await handler(request)
+    if not all(request.headers.get(name) for name in required):
+        return web.json_response({"error": "not signed"}, status=401)
+    stamp = request.headers.get("X-Slack-Request-Timestamp")
+    if stamp is not None and not (stamp.isdigit() and abs(time.time() - int(stamp)) <= _SLACK_MAX_SKEW_S):
+        return web.json_response({"error": "stale or bad timestamp"}, status=401)
+    if request.content_length is not None and request.content_length > WEBHOOK_MAX_BYTES:
+        return web.json_response({"error": "body too large"}, status=413)
+    return await handler(request.clone(client_max_size=WEBHOOK_MAX_BYTES))
+
+
 def build_http_app(core: Core) -> web.Application:
-    app = web.Application(client_max_size=25 * 1024 * 1024, middlewares=[refuse_while_draining])
+    app = web.Application(client_max_size=25 * 1024 * 1024, middlewares=[refuse_while_draining, guard_webhooks])
     app[STATE] = {"draining": False}
 
     async def healthz(request: web.Request) -> web.Response:

@@ -142,6 +142,40 @@ async def test_url_verification_and_refused_requests(bot: Bot, fake_slack: FakeS
     assert fake_slack.posts() == []
 
 
+async def _raw_post(url: str, headers: dict[str, str], declared: int | None, sent: bytes) -> int:
+    """POST over a raw socket: send the head and only `sent` of the body, then read the status
+    (a server that waited for the whole body would never answer: asyncio.wait_for fails)."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    head = ["POST /slack/events HTTP/1.1", f"Host: {host}", "Content-Type: application/json"]
+    head += [f"{k}: {v}" for k, v in headers.items()]
+    if declared is None:
+        head.append("Transfer-Encoding: chunked")
+        sent = b"".join(f"{len(part):x}\r\n".encode() + part + b"\r\n" for part in [sent[i:i + 65536] for i in
+                        range(0, len(sent), 65536)])
+    else:
+        head.append(f"Content-Length: {declared}")
+    writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + sent)
+    try:
+        status_line = await asyncio.wait_for(reader.readline(), 10)
+    finally:
+        writer.close()
+    return int(status_line.split()[1])
+
+
+async def test_unsigned_or_oversized_bodies_are_refused_before_they_are_read(bot: Bot) -> None:
+    big = 24 * 1024 * 1024
+    # unsigned: refused on its headers while the 24 MB body is still to come
+    assert await _raw_post(bot.url, {}, big, b"{") == 401
+    assert await _raw_post(bot.url, {"X-Slack-Signature": "v0=00", "X-Slack-Request-Timestamp": "1"}, big, b"{") \
+        == 401  # a replayed timestamp, same
+    # signed headers but over 1 MB: declared, or streamed without a length
+    fresh = sign(SECRET, "x")
+    assert await _raw_post(bot.url, fresh, big, b"{") == 413
+    assert await _raw_post(bot.url, fresh, None, b"x" * (2 * 1024 * 1024)) == 413
+    assert await bot.core.store.messages.count_documents({}) == 0
+
+
 # -- channels, threads, footnotes, exactly once -------------------------------------------
 
 
