@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import mimetypes
+import os
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -67,9 +68,13 @@ class ConsoleAdapter:
     async def send_reply(self, message: Message, reply: Reply) -> list[str]:
         text = render_plain(reply)
         if reply.file is not None:
-            self.exports_dir.mkdir(parents=True, exist_ok=True)
+            self.exports_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             path = (self.exports_dir / reply.file.filename).resolve()
-            path.write_bytes(reply.file.data)
+            # Only this OS user may read an export (it holds DMs): 0600, also when it existed.
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(descriptor, 0o600)
+            with os.fdopen(descriptor, "wb") as file:
+                file.write(reply.file.data)
             text = f"{text}\nWritten to {path}"
         if reply.private and not message.is_dm:
             text = f"(only you can see this) {text}"

@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, quote, urlparse
 
 from pymongo import AsyncMongoClient
 
 from bot.config import ConfigError, Settings
 
 log = logging.getLogger(__name__)
+EMBEDDED_USER = "mnemo"
 
 
 @dataclass
@@ -42,20 +44,63 @@ class _SpuriousCloseError(logging.Filter):
         )
 
 
+def private_dir(path: os.PathLike[str] | str) -> str:
+    """A directory only this OS user can enter (0700): it holds every DM. An unusable path
+    stops start-up with one line naming it."""
+    path = os.fspath(path)
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        os.chmod(path, 0o700)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError("not writable")
+    except OSError as exc:
+        raise ConfigError(f"MNEMO_DATA_DIR: cannot use {path} ({exc.strerror or exc})") from None
+    return path
+
+
+def _embedded_password(data_dir: str) -> str:
+    """The embedded store's generated password, kept 0600 in the data dir."""
+    path = os.path.join(data_dir, "mongo-credentials")
+    try:
+        with open(path, encoding="ascii") as file:
+            found = file.read().strip()
+        if found:
+            return found
+    except FileNotFoundError:
+        pass
+    password = secrets.token_urlsafe(24)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="ascii") as file:
+        file.write(password + "\n")
+    return password
+
+
 def start_embedded_mongo(data_dir: os.PathLike[str] | str) -> Any:
-    """SecantusDB in-process (GPL-2.0, an optional extra: imported only here)."""
+    """SecantusDB in-process (GPL-2.0, an optional extra: imported only here). It listens on a
+    loopback port (it has no unix socket), so it requires a login: a user with a generated
+    password (kept 0600 in the 0700 data dir), so other local users and processes cannot read
+    the store."""
     try:
         from secantus import SecantusDBServer
+        from secantus.auth import SCRAM_SHA_256, derive_credentials
     except ImportError:
         raise ConfigError(
             "MONGODB_URI: not set, and the embedded database is not installed "
             "(pip install 'mnemo-bot[embedded]', or set MONGODB_URI to a MongoDB server)"
         ) from None
-    path = os.path.join(os.fspath(data_dir), "mongo")
-    os.makedirs(path, exist_ok=True)
+    home = private_dir(data_dir)
+    path = private_dir(os.path.join(home, "mongo"))
+    password = _embedded_password(home)
     logging.getLogger("secantus.storage.close").addFilter(_SpuriousCloseError())
-    server = SecantusDBServer(storage_path=path)
+    server = SecantusDBServer(storage_path=path, require_auth=True, enable_test_commands=False)
+    credentials = derive_credentials(password, mechanism=SCRAM_SHA_256, username=EMBEDDED_USER).to_doc()
+    server.storage.add_user("admin", EMBEDDED_USER, {
+        "_id": f"admin.{EMBEDDED_USER}", "user": EMBEDDED_USER, "db": "admin", "credentials": credentials,
+        "roles": [{"role": "root", "db": "admin"}], "mechanisms": [SCRAM_SHA_256],
+    }, replace=True)
     server.start()
+    host, port = server.address
+    server.login_uri = f"mongodb://{EMBEDDED_USER}:{quote(password)}@{host}:{port}/?authSource=admin"
     return server
 
 
@@ -73,8 +118,7 @@ def open_chroma(settings: Settings) -> Any:
             ssl=url.scheme == "https",
             settings=chroma_settings,
         )
-    path = os.path.join(os.fspath(settings.data_dir), "chroma")
-    os.makedirs(path, exist_ok=True)
+    path = private_dir(os.path.join(private_dir(settings.data_dir), "chroma"))
     return chromadb.PersistentClient(path=path, settings=chroma_settings)
 
 
@@ -93,9 +137,8 @@ async def open_stores(settings: Settings) -> Stores:
     server = None
     uri = settings.mongodb_uri
     if uri is None:
-        os.makedirs(settings.data_dir, exist_ok=True)
         server = await asyncio.to_thread(start_embedded_mongo, settings.data_dir)
-        uri = server.uri
+        uri = server.login_uri
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
         uri, serverSelectionTimeoutMS=10_000, tz_aware=True, **durable_writes(uri)
     )

@@ -4,6 +4,9 @@ loopback model. Each test asserts what a person would see on stdout or what reac
 from __future__ import annotations
 
 import re
+from pathlib import Path
+
+import pytest
 
 from tests.conftest import run_chat
 from tests.fakes.llm import FakeLLM
@@ -167,3 +170,41 @@ def test_reasoning_mode_and_deep_use_the_reasoning_model(base_env: dict[str, str
     run_chat(["/settings mode reasoning", "@mnemo when does the release train leave?"], env,
              "--user", "eve", "--channel", "rel", "--admin")
     assert fake_llm.chat_requests()[-1]["model"] == "deep-model"
+
+
+def test_embedded_store_and_exports_are_private_to_this_os_user(base_env: dict[str, str], data_dir: Path) -> None:
+    import stat
+
+    from pymongo import MongoClient
+    from pymongo.errors import OperationFailure
+
+    from bot.stores import start_embedded_mongo
+
+    env = dict(base_env)
+    env.pop("MONGODB_URI")
+    result = run_chat(["my PIN is 2468", "/export"], env, "--user", "ivy")
+    assert result.returncode == 0, result.stderr
+    mode = lambda path: stat.S_IMODE(path.stat().st_mode)
+    assert mode(data_dir) == 0o700 and mode(data_dir / "mongo") == 0o700 and mode(data_dir / "chroma") == 0o700
+    assert mode(data_dir / "mongo-credentials") == 0o600
+    assert mode(data_dir / "exports" / "mnemo-export-console-ivy.json") == 0o600
+    # the embedded store on its loopback port: nobody without the generated password reads it
+    server = start_embedded_mongo(data_dir)
+    try:
+        with MongoClient(server.uri, serverSelectionTimeoutMS=5000) as stranger, \
+                pytest.raises(OperationFailure, match="requires authentication"):
+            stranger.mnemo.messages.find_one({})
+        with MongoClient(server.login_uri) as mnemo:
+            assert mnemo[env["MNEMO_MONGODB_DB"]].messages.find_one({"text": "my PIN is 2468"}) is not None
+    finally:
+        server.stop()
+
+
+def test_an_unusable_data_dir_is_one_line_naming_it(base_env: dict[str, str], tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    env = {**base_env, "MNEMO_DATA_DIR": str(blocker / "data")}
+    env.pop("MONGODB_URI")
+    result = run_chat(["hello"], env)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"mnemo: MNEMO_DATA_DIR: cannot use {blocker / 'data'} (Not a directory)"
