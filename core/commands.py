@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 CONTROL = frozenset({"help", "start", "memory", "forget", "export", "settings", "optout", "optin"})
 QUESTION = frozenset({"ask", "deep"})
 PAGE_SIZE = 10
+MAX_PAGE = 100_000  # far past any real listing, and a skip MongoDB can take
 
 _COMMAND = re.compile(r"^/([A-Za-z_]+)(?:@\w+)?(?:\s+(.*))?$", re.DOTALL)
 
@@ -110,7 +111,11 @@ async def _settings(core: Core, message: Message, platform: Platform, args: str)
 
 
 async def _memory(core: Core, message: Message, platform: Platform, args: str) -> Reply:
-    page = int(args) if args.strip().isdigit() and int(args) > 0 else 1
+    arg = args.strip()
+    if arg and not (arg.isascii() and arg.isdigit() and 0 < int(arg) <= MAX_PAGE):
+        return Reply(f"Use /memory or /memory PAGE (a page number from 1 to {MAX_PAGE}).", private=True,
+                     is_error=True)
+    page = int(arg) if arg else 1
     query = {"author_key": message.user_key, "is_command": False}
     total = await core.store.messages.count_documents(query)
     cursor = core.store.messages.find(query).sort("ts", -1).skip((page - 1) * PAGE_SIZE).limit(PAGE_SIZE)

@@ -208,3 +208,11 @@ def test_an_unusable_data_dir_is_one_line_naming_it(base_env: dict[str, str], tm
     result = run_chat(["hello"], env)
     assert result.returncode == 2
     assert result.stderr.strip() == f"mnemo: MNEMO_DATA_DIR: cannot use {blocker / 'data'} (Not a directory)"
+
+
+def test_memory_with_a_page_that_is_not_a_page_number_gives_usage(base_env: dict[str, str]) -> None:
+    out = run_chat(["the plant needs water on Sundays", "/memory 99999999999999999999", "/memory ²",
+                    "/memory 2", "/memory"], base_env, "--user", "joe").stdout
+    assert "went wrong" not in out
+    assert out.count("Use /memory or /memory PAGE (a page number from 1 to 100000).") == 2
+    assert "No page 2." in out and "the plant needs water on Sundays" in out
