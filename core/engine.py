@@ -44,6 +44,7 @@ INTERRUPTED = (
     "again; your message is saved."
 )
 MEMORY_DOWN = "I can't reach my memory right now; your message is saved. Please ask again in a moment."
+REREAD = "I was restarted before I could read your attachment; your message is saved. Please send the file again."
 GAVE_UP = "I couldn't finish answering this message after several tries. It is saved; please ask again."
 # Series that exist from the start, so dashboards and alerts see zeros rather than gaps.
 _COUNTERS = ("mnemo_messages_in_total", "mnemo_replies_out_total", "mnemo_duplicates_total",
@@ -343,6 +344,12 @@ class Core:
 
         settings = await self.settings.get(message.conversation_key)
         media_texts, media_error = await self._read_media(message, platform)
+        if not message.attachments and doc.get("attachments"):
+            # Adopted after a crash: the files are not at hand again, what was read of them is.
+            if doc.get("media_text"):
+                media_texts = [MediaText(doc.get("media_kind") or "file", doc["media_text"])]
+            else:
+                media_error = REREAD
         if media_texts:
             await self.store.update_message(
                 doc["_id"],

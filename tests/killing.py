@@ -74,11 +74,15 @@ class ChatProcess:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=30)
 
-    def finish(self, timeout: float = 120) -> None:
-        """Close stdin and wait for a clean exit."""
+    def finish(self, timeout: float = 120) -> str:
+        """Close stdin, wait for a clean exit; returns the stdout not read yet."""
         assert self.proc.stdin is not None
         self.proc.stdin.close()
         self.proc.wait(timeout=timeout)
+        rest = []
+        while (line := self.lines.get(timeout=10)) is not None:
+            rest.append(line)
+        return "\n".join(rest)
 
 
 @dataclass

@@ -6,8 +6,11 @@ the long version.)"""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import time
 from pathlib import Path
 
+from tests.fakes.llm import FakeLLM
 from tests.killing import ANSWER, ChatProcess, exported, run_forget_rounds, run_kill_rounds, seed_from_env
 
 
@@ -63,3 +66,34 @@ def test_forget_during_a_chroma_failure_is_an_error_then_finished_at_start_up(
     listing = after.read_until(("I don't remember", "What I remember"), timeout=120)
     after.finish()
     assert "X1234567" not in listing and "I don't remember anything from you." in listing, listing
+
+
+def test_a_voice_note_adopted_after_a_crash_is_answered_from_its_transcript(
+    base_env: dict[str, str], fake_llm: FakeLLM, tmp_path: Path
+) -> None:
+    from pymongo import MongoClient
+
+    voice = tmp_path / "note.ogg"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "sine=duration=1", "-c:a", "libopus",
+                    str(voice)], check=True)
+    fake_llm.transcript = "the boiler service is booked for the ninth"
+    env = {**base_env, **fake_llm.env(), "MNEMO_STT_MODEL": "whisper-1",
+           "MNEMO_EMBEDDING_MODEL": "openai/fake-embedding"}
+    fake_llm.delay_s = 60  # the answer hangs: the process is killed after the transcript is stored
+    chat = ChatProcess(env, ("--user", "lea"))
+    with MongoClient(env["MONGODB_URI"]) as client:
+        messages = client[env["MNEMO_MONGODB_DB"]].messages
+        try:
+            chat.send(f"/attach {voice}")
+            deadline = time.monotonic() + 120
+            while messages.find_one({"media_text": {"$ne": None}}) is None:
+                assert time.monotonic() < deadline, "the transcript was never stored"
+                time.sleep(0.2)
+        finally:
+            chat.kill()
+        fake_llm.delay_s = 0
+        fake_llm.script = ["Noted: the boiler service is on the ninth."]
+        reply = ChatProcess(env, ("--user", "lea")).finish()
+        assert "empty" not in reply.lower() and "boiler" in reply, reply
+        assert "the boiler service is booked for the ninth" in str(fake_llm.chat_requests()[-1]["messages"])
+        assert messages.find_one({})["answered"] is True
