@@ -32,6 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--user", default=None, help="who is talking (default: the OS user)")
     chat.add_argument("--channel", default=None, help="a group channel name (default: a DM with the bot)")
     chat.add_argument("--admin", action="store_true", help="be an admin of --channel (may change settings)")
+    sub.add_parser(
+        "reindex", help="rebuild the memory index (Chroma) from MongoDB, e.g. after its directory was lost",
+        description="Rebuild the memory index from MongoDB. Reads MNEMO_DATA_DIR, MONGODB_URI, CHROMA_URL, "
+        "MNEMO_EMBEDDING_MODEL.",
+    )
     return parser
 
 
@@ -53,6 +58,21 @@ async def _chat(settings: Settings, user: str, channel: str | None, admin: bool)
     return 0
 
 
+async def _reindex(settings: Settings) -> int:
+    from bot.app import open_core
+
+    def progress(done: int, total: int) -> None:
+        width = 30
+        filled = width * done // total if total else width
+        print(f"\rreindex [{'#' * filled}{'.' * (width - filled)}] {done}/{total} messages", end="",
+              file=sys.stderr, flush=True)
+
+    async with open_core(settings, background=False) as core:
+        count = await core.reindex(progress=progress)
+    print(f"\nreindexed {count} messages", file=sys.stderr)
+    return 0
+
+
 async def _run(settings: Settings) -> int:
     from bot.app import run_platforms
 
@@ -71,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         print(NO_PLATFORM, file=sys.stderr)
         return 2
     try:
+        if args.command == "reindex":
+            return asyncio.run(_reindex(settings))
         if args.command == "chat":
             user = (args.user or _os_user()).strip() or "user"
             return asyncio.run(_chat(settings, user, args.channel, args.admin))

@@ -113,6 +113,10 @@ class Core:
     async def start(self, background: bool = True) -> None:
         await self.store.ensure_indexes()
         await self.finish_deletions()  # forgets a crash interrupted: finished before any answer
+        try:
+            await self.index_pending()  # what was stored while Chroma could not be written
+        except MemoryUnavailable as exc:
+            log.warning("memory index unavailable at start-up: %s", exc)
         if self.answerer.has_model or not getattr(self.index.embedder, "name", "").startswith("local:"):
             # litellm takes seconds to import; done lazily inside the first answer it would
             # block the event loop, and with it the lease heartbeat and every webhook.
@@ -127,6 +131,7 @@ class Core:
             self._loops.append(asyncio.create_task(self._every(3600, self.enforce_retention), name="retention"))
             self._loops.append(asyncio.create_task(self._every(beat_every, self.recover_stale), name="recovery"))
             self._loops.append(asyncio.create_task(self._every(30, self.finish_deletions), name="deletions"))
+            self._loops.append(asyncio.create_task(self._every(30, self.index_pending), name="index-pending"))
 
     async def drain(self, timeout: float = 30.0) -> None:
         """Graceful shutdown: take no new work, let in-flight work finish within `timeout`,
@@ -362,9 +367,10 @@ class Core:
                 await self.index.add([self._memory_item(doc, content, media_texts)])
                 await self.store.update_message(doc["_id"], {"remembered": True})
             except MemoryUnavailable as exc:
-                # Stored, not yet indexed (`remembered` stays False): indexed when Chroma is back.
+                # Stored, not yet indexed: `index_pending` has it indexed when Chroma is back.
                 log.error("memory index unavailable; %s is stored, indexed later: %s", doc["_id"], exc)
                 self.metrics.inc("mnemo_memory_errors_total")
+                await self.store.update_message(doc["_id"], {"index_pending": True})
 
         addressed = self._addressed(message, settings, command)
         if not addressed:
@@ -571,6 +577,45 @@ class Core:
             await self.store.quarantine(platform, event_id, payload, f"{type(error).__name__}: {error}"[:2000])
         except Exception as exc:  # noqa: BLE001 - the log line above is the record then
             log.warning("could not keep quarantined event %s: %s", event_id, type(exc).__name__)
+
+    async def index_pending(self) -> int:
+        """Index the messages stored while Chroma could not be written. Returns how many."""
+        return await self.reindex({"index_pending": True})
+
+    async def reindex(self, query: dict[str, Any] | None = None, progress: Any = None) -> int:
+        """(Re)build the memory index from MongoDB, the source of truth: every remembered
+        message (or those matching `query`), in batches; `progress(done, total)` after each."""
+        query = query if query is not None else {"$or": [{"remembered": True}, {"index_pending": True}]}
+        total = await self.store.messages.count_documents(query)
+        done = 0
+        batch: list[dict[str, Any]] = []
+        async for found in self.store.messages.find(query).sort("ts", 1):
+            batch.append(found)
+            if len(batch) == 256:
+                done += await self._index_docs(batch)
+                batch = []
+                if progress is not None:
+                    progress(done, total)
+        done += await self._index_docs(batch)
+        if progress is not None:
+            progress(done, total)
+        return done
+
+    async def _index_docs(self, docs: list[dict[str, Any]]) -> int:
+        items = []
+        for found in docs:
+            media = [MediaText(found["media_kind"], found["media_text"])] if found.get("media_kind") else []
+            content = memory_text(found["text"], media)
+            if content.strip():
+                items.append(self._memory_item(found, content, media))
+        await self.index.add(items)
+        await self.store.messages.update_many(
+            {"_id": {"$in": [item.memory_id for item in items]}}, {"$set": {"remembered": True}}
+        )
+        await self.store.messages.update_many(
+            {"_id": {"$in": [found["_id"] for found in docs]}}, {"$unset": {"index_pending": ""}}
+        )
+        return len(docs)
 
     async def finish_deletions(self) -> int:
         """Complete recorded deletions (forget, retention) that a crash or a Chroma outage

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
+from tests.conftest import REPO
 from tests.fakes.llm import FakeLLM
 from tests.killing import ANSWER, ChatProcess, exported, run_forget_rounds, run_kill_rounds, seed_from_env
 
@@ -97,3 +99,26 @@ def test_a_voice_note_adopted_after_a_crash_is_answered_from_its_transcript(
         assert "empty" not in reply.lower() and "boiler" in reply, reply
         assert "the boiler service is booked for the ninth" in str(fake_llm.chat_requests()[-1]["messages"])
         assert messages.find_one({})["answered"] is True
+
+
+def test_a_lost_chroma_directory_is_rebuilt_by_reindex_with_what_was_said_meanwhile(
+    base_env: dict[str, str], data_dir: Path
+) -> None:
+    env = _embedded(base_env)
+    chat = ChatProcess(env, ("--user", "max"))
+    chat.send("my locker number is 4817")
+    assert chat.wait_for(lambda line: line.startswith(ANSWER), timeout=120)
+    shutil.rmtree(data_dir / "chroma")  # lost while running: this line cannot be indexed
+    chat.send("the bike lock code is 1357")
+    reply = chat.read_until("", timeout=120)
+    assert "went wrong" not in reply, reply
+    chat.finish()
+    shutil.rmtree(data_dir / "chroma", ignore_errors=True)
+    rebuilt = subprocess.run([sys.executable, "-m", "bot.cli", "reindex"], env=env, cwd=str(REPO),
+                             capture_output=True, text=True, timeout=240, check=False)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "reindex [" in rebuilt.stderr and "2/2 messages" in rebuilt.stderr
+    asked = ChatProcess(env, ("--user", "max"))
+    asked.send("what is my bike lock code and my locker number?")
+    answer = asked.finish()
+    assert "1357" in answer and "4817" in answer, answer
