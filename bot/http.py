@@ -64,13 +64,14 @@ def build_http_app(core: Core) -> web.Application:
         if app[STATE]["draining"]:
             return web.json_response({"status": "draining"}, status=503)
         checks = {}
+        # Writes are probed, not just pings: a deleted directory or a full disk still answers pings.
         try:
-            await asyncio.wait_for(core.store.ping(), 5)
+            await asyncio.wait_for(core.store.probe_write(core.worker_id), 5)
             checks["mongodb"] = "ok"
         except Exception as exc:  # noqa: BLE001 - reported, not raised
             checks["mongodb"] = f"error: {type(exc).__name__}"
         try:
-            await asyncio.wait_for(asyncio.to_thread(core.index.chroma.heartbeat), 5)
+            await asyncio.wait_for(core.index.probe_write(), 5)
             checks["chroma"] = "ok"
         except Exception as exc:  # noqa: BLE001
             checks["chroma"] = f"error: {type(exc).__name__}"

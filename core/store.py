@@ -99,6 +99,10 @@ class Store:
         await self.db.command("ping")
         return True
 
+    async def probe_write(self, worker_id: str) -> None:
+        """A real (journaled) write, for /healthz."""
+        await self.db["health"].update_one({"_id": worker_id}, {"$set": {"at": utcnow()}}, upsert=True)
+
     # -- messages -----------------------------------------------------------------------
 
     async def insert_message(self, doc: dict[str, Any]) -> bool:

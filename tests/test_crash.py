@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import REPO
 from tests.fakes.llm import FakeLLM
@@ -122,3 +123,24 @@ def test_a_lost_chroma_directory_is_rebuilt_by_reindex_with_what_was_said_meanwh
     asked.send("what is my bike lock code and my locker number?")
     answer = asked.finish()
     assert "1357" in answer and "4817" in answer, answer
+
+
+async def test_healthz_reports_an_unwritable_chroma(make_core: Any, data_dir: Path) -> None:
+    import aiohttp
+
+    from bot.http import HttpServer, build_http_app
+    from tests.fakes.cluster import free_port
+
+    core = await make_core()
+    http = HttpServer(build_http_app(core), "127.0.0.1", free_port())
+    await http.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{http.port}/healthz") as ok:
+                assert ok.status == 200 and (await ok.json())["chroma"] == "ok"
+            shutil.rmtree(data_dir / "chroma0")  # make_core's first Chroma directory
+            async with session.get(f"http://127.0.0.1:{http.port}/healthz") as broken:
+                body = await broken.json()
+                assert broken.status == 503 and body["chroma"].startswith("error") and body["mongodb"] == "ok"
+    finally:
+        await http.stop()

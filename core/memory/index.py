@@ -221,6 +221,16 @@ class MemoryIndex:
                 for memory_id in memory_ids:
                     view.remove(memory_id)
 
+    async def probe_write(self) -> None:
+        """Write one vector into a collection of its own (for /healthz): Chroma answers its
+        heartbeat even when its directory is gone or the disk is full."""
+
+        def run() -> None:
+            collection = self.chroma.get_or_create_collection("mnemo-health", embedding_function=None)
+            collection.upsert(ids=["probe"], embeddings=[[1.0, 0.0]], documents=["probe"])
+
+        await _in_chroma(run)
+
     async def count(self, scope: Scope) -> int:
         def run() -> int:
             collection = self._collection(scope, create=False)
