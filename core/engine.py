@@ -339,7 +339,7 @@ class Core:
         if media_error:
             return Reply(media_error, is_error=True)
         said = self._question(message, command, media_texts)
-        if kind == kinds.TOLD and not kinds.is_question(said):
+        if kind == kinds.TOLD and not kinds.is_question(said, searches=not media_texts):
             # Something told (a statement, a voice note, a photo): acknowledged, not answered.
             if media_texts:
                 if not remembered:

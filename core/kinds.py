@@ -38,6 +38,10 @@ _SUBJECT = {"i", "you", "he", "she", "it", "we", "they", "there", "this", "that"
             "your", "his", "her", "our", "their", "the", "anyone", "anybody", "someone", "somebody", "any"}
 _REQUEST = {"tell", "show", "list", "give", "find", "search", "recall", "explain", "summarize", "summarise",
             "describe", "name", "quote"}
+_FIRST_PERSON = {"i", "i'm", "im", "i've", "i'll", "i'd", "we", "we're", "we've", "we'll"}
+_SOCIAL = {"hi", "hello", "hey", "yo", "thanks", "thank", "thx", "ty", "you", "ok", "okay", "cool", "great", "nice",
+           "good", "morning", "evening", "night", "bye", "cheers", "yes", "yeah", "no", "nope", "sure", "lol", "wow",
+           "awesome", "perfect", "done", "noted", "got", "it", "welcome", "sorry", "please", "mnemo"}
 _FILLER = {"hey", "hi", "hello", "ok", "okay", "so", "and", "but", "please", "pls", "mnemo", "well", "um",
            "also", "then", "quick", "question"}
 
@@ -51,16 +55,28 @@ def strip_mentions(text: str) -> str:
     return " ".join(_MENTION.sub(" ", text).split())
 
 
-def is_question(text: str) -> bool:
-    """Whether `text` asks something: any sentence ending in a question mark, or a first or
-    last sentence that opens like a question or a request ("tell me...", "remind me when...")."""
+def is_question(text: str, *, searches: bool = True) -> bool:
+    """Whether `text` asks something: any sentence ending in a question mark, a first or last
+    sentence that opens like a question or a request ("tell me...", "remind me when..."), or
+    (with `searches`) a few words typed like a search ("wifi password")."""
     text = visible(text)
     if not text:
         return False
     sentences = [s for s in _SENTENCE_END.split(text) if s.strip()]
     if any(s.rstrip(" \"')]»").endswith(_QUESTION_MARKS) for s in sentences) or text.startswith("¿"):
         return True
-    return any(_opens_a_question(s) for s in {sentences[0], sentences[-1]})
+    if any(_opens_a_question(s) for s in {sentences[0], sentences[-1]}):
+        return True
+    return searches and _looks_like_a_search(text)
+
+
+def _looks_like_a_search(text: str) -> bool:
+    """One to three words, no digits or punctuation, not a greeting: "locker code", "Ana's
+    birthday". ("standup at 10", "I moved", "thanks!", "List: milk, eggs" tell.)"""
+    words = [w.lower() for w in _WORD.findall(text.replace("’", "'"))]
+    if not 1 <= len(words) <= 3 or text.endswith((".", "!")) or any(c.isdigit() or c in ":;," for c in text):
+        return False
+    return words[0] not in _FIRST_PERSON and not all(w in _SOCIAL for w in words)
 
 
 def _opens_a_question(sentence: str) -> bool:

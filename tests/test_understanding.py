@@ -174,10 +174,10 @@ def test_question_shapes() -> None:
     asks = ["When is Ana's birthday", "what's my locker code", "Is it raining in Porto",
             "tell me anything you know about penicillin", "remind me when the dentist is",
             "My flight is at 7. When should I leave", "hey, do you know my wifi password",
-            "¿Dónde está la llave?", "list my notes"]
+            "¿Dónde está la llave?", "list my notes", "wifi password", "Ana's birthday"]
     tells = ["Remember this: my locker code is 4817", "remind me that the plumber comes on Friday",
              "Have a great weekend", "note: standup moved to 10", "The deploy window is Thursday",
-             "List: milk, eggs", "👋"]
+             "List: milk, eggs", "👋", "thanks!", "ok thank you", "standup at 10", "I moved"]
     assert [q for q in asks if not is_question(q)] == []
     assert [t for t in tells if is_question(t)] == []
 
