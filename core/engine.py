@@ -353,7 +353,9 @@ class Core:
         if not said:
             return Reply(EMPTY)
         reasoning = settings.mode == "reasoning" or (command is not None and command.name == "deep")
-        return await self.answer(message, said, settings, exclude_id=doc["_id"], reasoning=reasoning)
+        # A question never cites itself; a photo asked about ("what does this say?") may.
+        itself = None if any(m.kind == "image" for m in media_texts) else doc["_id"]
+        return await self.answer(message, said, settings, exclude_id=itself, reasoning=reasoning)
 
     def _addressed(self, message: Message, settings: ChannelSettings, command: commands.Command | None) -> bool:
         if message.is_dm:
