@@ -43,6 +43,14 @@ _IN_MONTH = re.compile(
 )
 _NAME = re.compile(r"[A-Z][\w'’-]*")
 _SENTENCE_END = re.compile(r"[.?!:;\"“”(\[]\s*$")
+# Questions whose answer is a list gathered over time: "what books has Alice read?", "how many
+# times...", "what do Alice and Bruno both like?", "where has Alice camped?".
+_ASKS_MANY = re.compile(
+    r"^\W*(?:(?:what|which)\s+(?:\w+\s+)?\w+(?<!ss)(?<!'s)(?<![aeiu]s)s\b(?<!\bis)(?<!\bwas)(?<!\bdoes)(?<!\bhas)"
+    r"|how many\b|in what ways\b|what (?:kind|kinds|types?) of \w+s\b)"
+    r"|\bboth\b|\b(?:has|have)\s+\w+\s+(?:ever\s+)?\w+ed\b|\bhas\s+\w+\s+(?:been|done|made|read|seen|gone|taken|had)\b",
+    re.IGNORECASE,
+)
 _NUMBERS = {"a": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6}
 
 
@@ -62,6 +70,7 @@ class QueryPlan:
     asks_when: bool
     window: tuple[float, float] | None  # epoch seconds [start, end) the question points at
     names: list[str] = field(default_factory=list)  # lower-cased capitalized words, see `names_in`
+    asks_many: bool = False  # the answer is a list gathered over several conversations
 
 
 def plan_query(question: str, author_names: set[str], now: float | None = None) -> QueryPlan:
@@ -87,7 +96,13 @@ def plan_query(question: str, author_names: set[str], now: float | None = None) 
     if len(words(semantic)) < 2:
         semantic = question  # the question is little more than a name: keep it whole
     return QueryPlan(
-        question, semantic, named, asks_when(question), time_window(question, now), names_in(question)
+        question,
+        semantic,
+        named,
+        asks_when(question),
+        time_window(question, now),
+        names_in(question),
+        _ASKS_MANY.search(question) is not None,
     )
 
 

@@ -66,6 +66,12 @@ TIME_MENTION_BONUS = 0.2
 TIME_WINDOW_BONUS = 0.5  # memories from the time the question names ("last week", "in May")
 SESSION_WEIGHT = 0.3  # mean of the best three candidates of the memory's session
 NEIGHBOR_WEIGHT = 0.05  # the better of the memory's previous and next message
+# Questions whose answer is a list gathered over time ("what books has Alice read?"): the
+# person's own words weigh more, and each result loses this much per better result of its
+# session already taken, so several conversations are heard. Other questions are ranked as is
+# (their answer usually sits in one session, next to others of its turns).
+MANY_AUTHOR_BONUS = 0.6
+SESSION_REPEAT_PENALTY = 0.05
 CANDIDATES = 200
 # Above this many memories, semantic scoring reads only a pool: Chroma's nearest neighbours of
 # the query plus the best lexical matches (exact scoring of 100,000 vectors costs 5-20 ms).
@@ -278,7 +284,7 @@ class ScopeView:
         if plan.named_authors:
             named = [self._author_index[a] for a in plan.named_authors if a in self._author_index]
             if named:
-                score += AUTHOR_BONUS * np.isin(self.author[:n], named)
+                score += (MANY_AUTHOR_BONUS if plan.asks_many else AUTHOR_BONUS) * np.isin(self.author[:n], named)
         if plan.asks_when:
             score += TIME_MENTION_BONUS * self.has_time[:n]
         if plan.window is not None:
@@ -297,8 +303,25 @@ class ScopeView:
                 np.where(after >= 0, finite[np.maximum(after, 0)], 0.0),
             )
             final = final + NEIGHBOR_WEIGHT * near
-        order = np.argsort(-final)[:k]
+        order = self._diversified(candidates, final, k, SESSION_REPEAT_PENALTY if plan.asks_many else 0.0)
         return [Ranked(self.ids[candidates[i]], float(final[i]), int(candidates[i])) for i in order]
+
+    def _diversified(self, candidates: np.ndarray, final: np.ndarray, k: int, penalty: float) -> list[int]:
+        """Positions of the k best, each losing `penalty` per better memory of its session
+        already taken."""
+        order = np.argsort(-final)
+        if not penalty or len(order) <= k:
+            return [int(i) for i in order[:k]]
+        sessions = self.session[candidates].tolist()
+        taken: list[int] = []
+        per_session: Counter[int] = Counter()
+        pending = [int(i) for i in order[: 4 * k + 20]]
+        while pending and len(taken) < k:
+            best = max(pending, key=lambda i: final[i] - penalty * per_session[sessions[i]])
+            pending.remove(best)
+            taken.append(best)
+            per_session[sessions[best]] += 1
+        return taken
 
     def _author_terms(self, plan: QueryPlan) -> set[str]:
         return {term for name in plan.named_authors for term in tokenize(name)}
