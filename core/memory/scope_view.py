@@ -13,11 +13,14 @@ in numpy arrays so a query is scored exactly, over every memory, in a few vector
   (conversations stay on a topic for a while): the session's BM25 as a whole, the best
   candidates of the session, and its better neighbour.
 
-A question with nothing relevant in the scope gets no memories at all (`relevant`): scores
-are normalized per query, so the best hit always looks good; the cut-off reads absolute
-signals instead: the raw cosine of the best semantic match, the share of the question's words
-(weighted by rarity) that the best lexical match covers, and whether the names the question
-uses appear in the scope at all.
+A question whose answer is a list gathered over time ("what books has Alice read?") prefers
+the named person's own messages more, and results from several sessions over one session's.
+
+A question with nothing relevant in the scope gets no memories at all (`cutoff`): scores are
+normalized per query, so the best hit always looks good; the cut-off reads absolute signals:
+the raw cosine of the best semantic match, the share of the question's words (weighted by
+rarity) that the best lexical match covers, and whether the names the question uses appear
+in the scope at all.
 
 The view is private to one process and rebuilt from Chroma when its size differs from the
 collection's (another worker wrote to the scope); it is updated in place by this process's
@@ -73,13 +76,13 @@ NEIGHBOR_WEIGHT = 0.05  # the better of the memory's previous and next message
 MANY_AUTHOR_BONUS = 0.6
 SESSION_REPEAT_PENALTY = 0.05
 CANDIDATES = 200
-# Above this many memories, semantic scoring reads only a pool: Chroma's nearest neighbours of
-# the query plus the best lexical matches (exact scoring of 100,000 vectors costs 5-20 ms).
 # The relevance cut-off (measured with `bench/locomo.py --foreign`: other conversations'
 # questions must find nothing, a conversation's own still find their evidence). MiniLM puts
 # unrelated short texts at cosine 0.0-0.25 and paraphrases at 0.4 and above.
 RELEVANCE_FLOOR = 0.33  # best raw cosine + COVERAGE_WEIGHT * best lexical coverage
 COVERAGE_WEIGHT = 0.5
+# Above this many memories, semantic scoring reads only a pool: Chroma's nearest neighbours of
+# the query plus the best lexical matches (exact scoring of 100,000 vectors costs 5-20 ms).
 EXACT_LIMIT = 20_000
 DENSE_POOL = 400
 LEXICAL_POOL = 400
