@@ -328,7 +328,8 @@ class Core:
         content = memory_text(message.text, media_texts)
         user = await self.store.get_user(message.user_key)
         remembered = False
-        if settings.memory == "on" and not user.get("opted_out") and content.strip() and doc["remember"]:
+        worth_keeping = content.strip() and kinds.small_talk_reply(content) is None
+        if settings.memory == "on" and not user.get("opted_out") and worth_keeping and doc["remember"]:
             await self.index.add([self._memory_item(doc, content, media_texts)])
             await self.store.update_message(doc["_id"], {"remembered": True})
             remembered = True
@@ -473,10 +474,11 @@ class Core:
     async def acknowledge(self, message: Message, said: str, remembered: bool, settings: ChannelSettings) -> Reply:
         """A statement gets a short acknowledgement: one line without a model; with one, a
         natural short reply (told that this is a statement), never with footnotes."""
-        if not remembered:
+        small_talk = kinds.small_talk_reply(said)
+        if small_talk is None and not remembered:
             return Reply(_not_remembering(settings.memory == "off"))
         if not self.answerer.has_model:
-            return Reply(ACKNOWLEDGED)
+            return Reply(small_talk or ACKNOWLEDGED)
         turns = await self.store.recent_turns(message, self.config.context_turns)
         prompt = build_prompt(
             said, message.author_name, [], self._turn_lines(turns), bot_name=self.config.bot_name,
