@@ -9,10 +9,11 @@ source messages. An update keeps the earlier fact (status `superseded`, `valid_u
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING
+from pymongo.errors import DuplicateKeyError
 
 from core.memory.index import MemoryIndex, MemoryItem
 from core.models import Scope, utcnow
@@ -218,6 +219,25 @@ class FactStore:
 
     async def marker(self, conversation_key: str) -> dict[str, Any] | None:
         return await self.markers.find_one({"_id": conversation_key})
+
+    async def lease_learning(self, conversation_key: str, owner: str, seconds: float) -> bool:
+        """Hold the conversation's learning for one pass; False while another worker holds it."""
+        now = utcnow()
+        try:
+            await self.markers.update_one(
+                {"_id": conversation_key, "$or": [{"lease_until": None}, {"lease_until": {"$lt": now}},
+                                                  {"lease_owner": owner}]},
+                {"$set": {"lease_owner": owner, "lease_until": now + timedelta(seconds=seconds)}},
+                upsert=True,
+            )
+        except DuplicateKeyError:
+            return False  # the document exists with another worker's live lease
+        return True
+
+    async def release_learning(self, conversation_key: str, owner: str) -> None:
+        await self.markers.update_one(
+            {"_id": conversation_key, "lease_owner": owner}, {"$set": {"lease_until": None, "lease_owner": None}}
+        )
 
     async def set_marker(self, conversation_key: str, last: dict[str, Any]) -> None:
         await self.markers.update_one(

@@ -37,6 +37,7 @@ BATCH_MESSAGES = 5  # a pass starts once this many messages have gathered...
 QUIET_SECONDS = 4.0  # ...or when the conversation has been quiet this long
 MAX_PER_REQUEST = 40  # messages per model request (a long backlog takes several)
 RETRY_SECONDS = (30.0, 120.0, 600.0)
+LEASE_SECONDS = 300.0  # a pass held longer than this was abandoned (its worker died)
 QUOTE_CHARS = 1000  # a long message is quoted, not pasted whole
 
 TOOL = {
@@ -176,6 +177,12 @@ class Learner:
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             self._waiting[key] = 0
+            facts = self.core.facts
+            # Across workers, one pass per conversation at a time (a lease in MongoDB).
+            if not await facts.lease_learning(key, self.core.worker_id, LEASE_SECONDS):
+                if not self._closing:
+                    self._start(key, self.quiet_s)  # another worker is at it: look again later
+                return
             try:
                 while await self._learn_batch(key):
                     pass
@@ -189,13 +196,15 @@ class Learner:
                 log.warning("learning failed for %s (%s); retrying in %.0f s", key, type(exc).__name__, delay)
                 if not self._closing:
                     self._start(key, delay)
+            finally:
+                await facts.release_learning(key, self.core.worker_id)
 
     async def _learn_batch(self, key: str) -> bool:
         """One request over the next messages. True when more may be waiting."""
         facts = self.core.facts
         marker = await facts.marker(key)
         query: dict[str, Any] = {"conversation_key": key}
-        if marker is not None:
+        if marker is not None and marker.get("created_at") is not None:
             query["$or"] = [
                 {"created_at": {"$gt": marker["created_at"]}},
                 {"created_at": marker["created_at"], "_id": {"$gt": marker["message_id"]}},

@@ -83,7 +83,7 @@ def test_forget_fact_by_id_and_forget_all(base_env: dict[str, str], fake_llm: Fa
     env = {**base_env, **fake_llm.env()}
     run_chat(["I live in Oslo.", "My favourite food is ramen."], env, "--user", "cara")
     shown = run_chat(["/profile"], env, "--user", "cara").stdout
-    ids = dict((text, fid) for fid, text in re.findall(r"• (F\w{9}) · ([^(]+?) \(", shown))
+    ids = {text: fid for fid, text in re.findall(r"• (F\w{9}) · ([^(]+?) \(", shown)}
     assert set(ids) == {"cara lives in Oslo", "cara's favourite food is ramen"}, shown
     exported = run_chat(["/export"], env, "--user", "cara").stdout
     path = Path(re.search(r"Written to (\S+)", exported).group(1))  # type: ignore[union-attr]
