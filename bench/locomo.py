@@ -9,6 +9,11 @@ the image's description). Then each question of categories 1-4 is asked the way 
 recalls memories (`Core.recall`, query time after the last session) and the top k are scored
 against the evidence turns: Recall@5, Recall@10, MRR, overall and per category.
 
+With `--facts observations`, the dataset's `observation` entries (LLM-written facts about each
+speaker, with their evidence turns) are applied to the fact store exactly as the learning
+model's `record_facts` answers would be (core.learning.Learner.apply), and recalled with the
+messages; a retrieved fact counts as retrieving its source turns.
+
 Progress goes to stderr; the last stdout line is one JSON object with the figures.
 """
 
@@ -136,6 +141,16 @@ class Scores:
         first = next((rank for rank, dia_id in enumerate(ranked, 1) if dia_id in evidence), None)
         self.rr.append(1.0 / first if first else 0.0)
 
+    def add_groups(self, ranked: list[set[str]], evidence: set[str]) -> None:
+        """Like `add`, where each retrieved memory stands for a set of turns (a fact: its sources)."""
+        def covered(k: int) -> set[str]:
+            return set().union(*ranked[:k]) if ranked else set()
+
+        self.recall5.append(len(evidence & covered(5)) / len(evidence))
+        self.recall10.append(len(evidence & covered(10)) / len(evidence))
+        first = next((rank for rank, turns in enumerate(ranked, 1) if turns & evidence), None)
+        self.rr.append(1.0 / first if first else 0.0)
+
     def summary(self) -> dict[str, float]:
         mean = statistics.fmean
         return {
@@ -207,7 +222,35 @@ async def bench_core(name: str) -> AsyncIterator[Any]:
             server.stop()
 
 
-async def run(data: Path, limit: int | None, k: int) -> dict[str, Any]:
+async def learn_observations(core: Any, sample_id: str, raw: dict[str, Any], key: str) -> int:
+    """Apply a sample's `observation` entries as the learning model's answers: one batch per
+    session, facts about each speaker with their evidence turns as sources."""
+    turns = {doc["message_id"]: doc async for doc in core.store.messages.find({"conversation_key": key})}
+    added = 0
+    for name, by_speaker in sorted((raw.get("observation") or {}).items(), key=lambda kv: _session_no(kv[0])):
+        told: list[dict[str, Any]] = []
+        ops = []
+        for speaker, entries in (by_speaker or {}).items():
+            for entry in entries:
+                text, evidence = entry[0], entry[1] if len(entry) > 1 else []
+                numbers = []
+                for dia_id in normalize_evidence([evidence] if isinstance(evidence, str) else list(evidence)):
+                    if dia_id in turns:
+                        if turns[dia_id] not in told:
+                            told.append(turns[dia_id])
+                        numbers.append(told.index(turns[dia_id]) + 1)
+                ops.append({"op": "add", "text": text, "about": speaker, "sources": numbers})
+        if told:
+            added += await core.learner.apply(key, told[0]["scope"], [], told, ops)
+    return added
+
+
+def _session_no(name: str) -> int:
+    found = re.search(r"\d+", name)
+    return int(found.group()) if found else 0
+
+
+async def run(data: Path, limit: int | None, k: int, facts: str | None = None) -> dict[str, Any]:
     samples = load_samples(data, limit)
     log(f"{len(samples)} conversations, {sum(len(s.turns) for s in samples)} turns")
     overall, per_category = Scores(), {c: Scores() for c in CATEGORIES}
@@ -229,6 +272,11 @@ async def run(data: Path, limit: int | None, k: int) -> dict[str, Any]:
             log(
                 f"{sample.sample_id}: ingested {stored} turns in {elapsed:.1f}s ({stored / elapsed:.0f} msg/s)"
             )
+            learned = 0
+            if facts == "observations":
+                raw = next(e for e in json.loads(data.read_text()) if e["sample_id"] == sample.sample_id)
+                learned = await learn_observations(core, sample.sample_id, raw, f"{PLATFORM}:{sample.sample_id}")
+                log(f"{sample.sample_id}: {learned} facts from observations")
             ids = {message.event_key: message.message_id for message, _ in sample.turns}
             by_memory = {
                 doc["_id"]: ids[doc["key"]]
@@ -265,9 +313,14 @@ async def run(data: Path, limit: int | None, k: int) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 sources = await core.recall(message, question, k)
                 recall_ms.append((time.perf_counter() - t0) * 1000)
-                ranked = [by_memory[s.memory_id] for s in sources if s.memory_id in by_memory]
-                overall.add(ranked, evidence)
-                per_category[category].add(ranked, evidence)
+                if facts:
+                    groups = [await _turns_of(core, s.memory_id, by_memory) for s in sources]
+                    overall.add_groups(groups, evidence)
+                    per_category[category].add_groups(groups, evidence)
+                else:
+                    ranked = [by_memory[s.memory_id] for s in sources if s.memory_id in by_memory]
+                    overall.add(ranked, evidence)
+                    per_category[category].add(ranked, evidence)
                 asked += 1
             log(f"{sample.sample_id}: {asked} questions; so far {overall.summary()}")
     result: dict[str, Any] = overall.summary()
@@ -293,6 +346,13 @@ async def run(data: Path, limit: int | None, k: int) -> dict[str, Any]:
     return result
 
 
+async def _turns_of(core: Any, memory_id: str, by_memory: dict[str, str]) -> set[str]:
+    if memory_id in by_memory:
+        return {by_memory[memory_id]}
+    fact = await core.facts.facts.find_one({"_id": memory_id}, {"sources": 1})
+    return {by_memory[s] for s in (fact or {}).get("sources", []) if s in by_memory}
+
+
 def print_table(result: dict[str, Any]) -> None:
     log("")
     log(f"{'category':<12} {'n':>5} {'R@5':>7} {'R@10':>7} {'MRR':>7}")
@@ -316,8 +376,12 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="a LoCoMo-format JSON file")
     parser.add_argument("--limit", type=int, default=None, help="only the first N conversations")
     parser.add_argument("--k", type=int, default=10, help="memories retrieved per question (>= 10)")
+    parser.add_argument("--facts", choices=["observations"], default=None,
+                        help="also learn the dataset's observations as facts (scored by their source turns)")
     args = parser.parse_args()
-    result = asyncio.run(run(args.data, args.limit, max(args.k, 10)))
+    result = asyncio.run(run(args.data, args.limit, max(args.k, 10), args.facts))
+    if args.facts:
+        result["facts"] = args.facts
     print_table(result)
     print(json.dumps(result), flush=True)
 

@@ -44,7 +44,8 @@ class Source:
             flat = " ".join(self.text.split())
             when = (f"earlier, no longer true, {self.date:%Y-%m-%d} to {self.until:%Y-%m-%d}" if self.until
                     else f"current, since {self.date:%Y-%m-%d}")
-            return f"[{self.number}] fact about {self.fact_about} ({when}): {flat}"
+            said = f" (from {self.author}: \u201c{shorten(self.quote, 300)}\u201d)" if self.quote else ""
+            return f"[{self.number}] fact about {self.fact_about} ({when}): {flat}{said}"
         kind = {"voice": " (voice note)", "audio": " (audio)", "image": " (image)"}.get(self.source_kind, "")
         flat = " ".join(self.text.split())
         return f"[{self.number}] {self.date:%Y-%m-%d %H:%M} {self.author}{kind}: {flat}"

@@ -415,13 +415,15 @@ class Core:
         scopes = readable_scopes(message)
         hits = []
         for scope in scopes:
-            hits.extend(await self.index.search(scope, query, k + 1, now=message.ts.timestamp()))
+            # 2k: messages a recalled fact carries are left out (core.facts.arrange)
+            hits.extend(await self.index.search(scope, query, 2 * k + 1, now=message.ts.timestamp()))
         hits.sort(key=lambda h: h.score, reverse=True)
         ids = [h.memory_id for h in hits if h.memory_id != exclude_id]
         docs = await self.store.messages_by_ids(ids, scopes)
         # Learned facts are memories too (core.facts): current ones, history only for the past.
         facts = await self.facts.by_ids([i for i in ids if is_fact_id(i)], scopes)
-        arranged = await arrange_facts(self.facts, ids, docs, facts, query, scopes)
+        scores = {h.memory_id: h.score for h in hits}
+        arranged = await arrange_facts(self.facts, ids, docs, facts, query, scopes, scores)
         said = await self.facts.source_messages([doc for kind, doc in arranged if kind == "fact"])
         sources: list[Source] = []
         for kind, found in arranged:

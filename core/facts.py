@@ -29,6 +29,8 @@ _PAST = re.compile(
     r"former|at first|anymore|no longer|old|history)\b",
     re.IGNORECASE,
 )
+RRF_C = 10.0
+CARRIED_WEIGHT = 1.0  # tuned on LoCoMo dev (bench/locomo.py --facts observations)
 _FACT_ID = re.compile(r"^F[a-z0-9]{9}$")
 
 
@@ -257,7 +259,7 @@ def _epoch(moment: datetime | float) -> float:
 
 async def arrange(
     facts: FactStore, ranked: list[str], messages: dict[str, dict[str, Any]], found: dict[str, dict[str, Any]],
-    question: str, scopes: list[Scope],
+    question: str, scopes: list[Scope], scores: dict[str, float] | None = None,
 ) -> list[tuple[str, dict[str, Any]]]:
     """Merge ranked messages and facts into recall order: ("message"|"fact", doc).
 
@@ -288,7 +290,50 @@ async def arrange(
                     put("fact", earlier)
         if past:
             put("fact", fact)
-    return out
+    # A message a recalled fact was learned from is carried by that fact (its prompt line and
+    # footnote quote it): listing it again would only take another source's place.
+    return _fuse(out, scores or {})
+
+
+def _fuse(
+    out: list[tuple[str, dict[str, Any]]], scores: dict[str, float]
+) -> list[tuple[str, dict[str, Any]]]:
+    """A message a recalled fact was learned from is carried by that fact (its prompt line and
+    footnote quote it), so it is not listed again; the fact ranks by its own score plus
+    CARRIED_WEIGHT times the best of its messages' (two signals agreeing on one thing said).
+    History stays right after the fact it led to."""
+    carrier: dict[str, str] = {}
+    for kind, doc in out:
+        if kind == "fact" and doc["status"] == CURRENT:
+            for source in doc["sources"]:
+                carrier.setdefault(source, doc["_id"])
+    # Reciprocal-rank fusion of two rankings over the same things said: the facts ranked among
+    # themselves and the messages among themselves (both in `out`'s order, i.e. by score).
+    rank: dict[str, int] = {}
+    counters = {"fact": 0, "message": 0}
+    for kind, doc in out:
+        if kind == "fact" and doc["status"] != CURRENT:
+            continue
+        counters[kind] += 1
+        rank[doc["_id"]] = counters[kind]
+
+    def rrf(memory_id: str) -> float:
+        return 1.0 / (RRF_C + rank[memory_id]) if memory_id in rank else 0.0
+
+    units: list[tuple[float, int, list[tuple[str, dict[str, Any]]]]] = []
+    for kind, doc in out:
+        if kind == "message" and doc["_id"] in carrier:
+            continue
+        if kind == "fact" and doc["status"] != CURRENT and units and units[-1][2][0][0] == "fact":
+            units[-1][2].append((kind, doc))  # history, after its current fact (see arrange)
+            continue
+        own = rrf(doc["_id"])
+        if kind == "fact":
+            carried = [rrf(s) for s in doc["sources"] if carrier.get(s) == doc["_id"]]
+            own += CARRIED_WEIGHT * max(carried, default=0.0)
+        units.append((own, len(units), [(kind, doc)]))
+    units.sort(key=lambda u: (-u[0], u[1]))
+    return [entry for _, _, entries in units for entry in entries]
 
 
 def fact_source(number: int, fact: dict[str, Any], said: dict[str, dict[str, Any]]) -> Any:

@@ -243,11 +243,11 @@ class Learner:
         usage = getattr(response, "usage", None)
         self.tokens += int(getattr(usage, "total_tokens", 0) or 0)
         operations = parse_tool_answer(response)
-        applied = await self._apply(key, scope, known, told, operations)
+        applied = await self.apply(key, scope, known, told, operations)
         log.info("learned from %d messages of %s: %d fact changes (%.1f s)",
                  len(told), key, applied, time.monotonic() - started)
 
-    async def _apply(
+    async def apply(
         self, key: str, scope: str, known: list[dict[str, Any]], told: list[dict[str, Any]],
         operations: list[dict[str, Any]],
     ) -> int:
