@@ -1,6 +1,6 @@
 """Learning benchmark: facts that change over time, learned and recalled through the real path.
 
-    python bench/learning.py [--seed 7] [--people 6] [--sessions 8]
+    python bench/learning.py [--seed 7] [--people 10] [--sessions 12]
 
 A seeded generator writes a multi-session group conversation in which people state where they
 live, where they work and what their favourite food is, then over later sessions move, change
@@ -231,8 +231,8 @@ async def run(seed: int, people: int, sessions: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--people", type=int, default=6, help=f"at most {len(NAMES)}")
-    parser.add_argument("--sessions", type=int, default=8)
+    parser.add_argument("--people", type=int, default=10, help=f"at most {len(NAMES)}")
+    parser.add_argument("--sessions", type=int, default=12)
     args = parser.parse_args()
     result = asyncio.run(run(args.seed, min(args.people, len(NAMES)), args.sessions))
     log(f"top source right: {result['top_source_right']} (current {result['current_right']}, "

@@ -101,6 +101,19 @@ class FactStore:
             wanted = [d["_id"] for d in found]
         return out
 
+    async def learned_from(self, message_ids: list[str], scopes: list[Scope]) -> dict[str, list[dict[str, Any]]]:
+        """The facts learned from each of these messages."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        if not message_ids or not scopes:
+            return out
+        wanted = set(message_ids)
+        query = {"sources": {"$in": message_ids}, "scope": {"$in": [s.key for s in scopes]}}
+        async for fact in self.facts.find(query):
+            for source in fact["sources"]:
+                if source in wanted:
+                    out.setdefault(source, []).append(fact)
+        return out
+
     async def about(self, user_key: str, scopes: list[Scope]) -> list[dict[str, Any]]:
         """Facts about a person in the given scopes: current first, then history, newest first."""
         cursor = self.facts.find({"about_key": user_key, "scope": {"$in": [s.key for s in scopes]}})
@@ -275,11 +288,17 @@ async def arrange(
             seen.add(doc["_id"])
             out.append((kind, doc))
 
+    learned_from = await facts.learned_from(list(messages), scopes)
     for memory_id in ranked:
         if memory_id in messages:
-            put("message", messages[memory_id])
-            continue
-        fact = found.get(memory_id)
+            derived = learned_from.get(memory_id, [])
+            if not derived or any(f["status"] == CURRENT for f in derived):
+                put("message", messages[memory_id])
+                continue
+            # Everything learned from this message is history: it is outdated, like its facts.
+            fact = derived[0]
+        else:
+            fact = found.get(memory_id)
         if fact is None:
             continue  # forgotten or out of scope: never shown
         current = fact if fact["status"] == CURRENT else await facts.current_of(fact, scopes)
@@ -290,8 +309,8 @@ async def arrange(
                     put("fact", earlier)
         if past:
             put("fact", fact)
-    # A message a recalled fact was learned from is carried by that fact (its prompt line and
-    # footnote quote it): listing it again would only take another source's place.
+            if memory_id in messages:
+                put("message", messages[memory_id])
     return _fuse(out, scores or {})
 
 
