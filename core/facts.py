@@ -59,6 +59,10 @@ class FactStore:
         await self.facts.create_index([("scope", ASCENDING), ("status", ASCENDING)], name="fact_scope_status")
         await self.facts.create_index([("about_key", ASCENDING), ("status", ASCENDING)], name="fact_about")
         await self.facts.create_index([("sources", ASCENDING)], name="fact_sources")
+        # Learning reads a conversation's messages after its marker, in storing order.
+        await self.store.messages.create_index(
+            [("conversation_key", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)], name="conv_created"
+        )
 
     # -- reads --------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ def test_recall_across_two_sessions_on_embedded_stores(base_env: dict[str, str],
     assert "March 3rd" in out
     # the answer cites the remembered message with a footnote: author, date, quote
     assert re.search(r"^\[1\] alice, \d{4}-\d{2}-\d{2}: .*orchids", out, re.MULTILINE), out
-    prompt = fake_llm.chat_requests()[-1]["messages"][-1]["content"]
+    prompt = fake_llm.answer_requests()[-1]["messages"][-1]["content"]
     assert re.search(r"^\[1\] .*alice: My sister Ana's birthday", prompt, re.MULTILINE), prompt
 
 
