@@ -32,5 +32,5 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     root.setLevel(level)
     # Third-party libraries log request bodies/URLs at INFO/DEBUG; keep them quiet.
     for noisy in ("LiteLLM", "litellm", "httpx", "chromadb", "aiogram.event", "discord", "slack_bolt",
-                  "sentence_transformers", "faster_whisper", "secantus", "pymongo", "urllib3"):
+                  "faster_whisper", "secantus", "pymongo", "urllib3"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
