@@ -120,23 +120,23 @@ def _platform_checks(settings: Settings) -> list[Awaitable[Check]]:
     checks: list[Awaitable[Check]] = []
     if settings.telegram_bot_token:
         base = (settings.telegram_api_base or "https://api.telegram.org").rstrip("/")
-        url = f"{base}/bot{settings.telegram_bot_token}/getMe"
+        telegram_url = f"{base}/bot{settings.telegram_bot_token}/getMe"
         checks.append(_platform(
-            "telegram", "TELEGRAM_BOT_TOKEN", lambda: _http_json("GET", url, {}),
+            "telegram", "TELEGRAM_BOT_TOKEN", lambda: _http_json("GET", telegram_url, {}),
             lambda s, b: f"@{b['result'].get('username')}" if isinstance(b, dict) and b.get("ok") else None,
         ))
     if settings.discord_bot_token:
-        url = settings.discord_api_base.rstrip("/") + "/users/@me"
-        headers = {"Authorization": f"Bot {settings.discord_bot_token}"}
+        discord_url = settings.discord_api_base.rstrip("/") + "/users/@me"
+        discord_auth = {"Authorization": f"Bot {settings.discord_bot_token}"}
         checks.append(_platform(
-            "discord", "DISCORD_BOT_TOKEN", lambda: _http_json("GET", url, headers),
+            "discord", "DISCORD_BOT_TOKEN", lambda: _http_json("GET", discord_url, discord_auth),
             lambda s, b: str(b.get("username")) if s == 200 and isinstance(b, dict) else None,
         ))
     if settings.slack_bot_token:
-        url = settings.slack_api_base.rstrip("/") + "/auth.test"
-        headers = {"Authorization": f"Bearer {settings.slack_bot_token}"}
+        slack_url = settings.slack_api_base.rstrip("/") + "/auth.test"
+        slack_auth = {"Authorization": f"Bearer {settings.slack_bot_token}"}
         checks.append(_platform(
-            "slack", "SLACK_BOT_TOKEN", lambda: _http_json("POST", url, headers),
+            "slack", "SLACK_BOT_TOKEN", lambda: _http_json("POST", slack_url, slack_auth),
             lambda s, b: f"{b.get('user')} in {b.get('team')}" if isinstance(b, dict) and b.get("ok") else None,
         ))
     return checks
