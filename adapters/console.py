@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TextIO
 
 from core.engine import Core
+from core.kinds import visible
 from core.models import Attachment, AttachmentKind, Message, PlatformLimits, Reply
 from core.render import render_plain
 
@@ -102,6 +103,8 @@ class ConsoleAdapter:
 
     def to_message(self, line: str) -> Message | None:
         text = line.rstrip("\r\n")
+        if not visible(text):
+            return None  # a blank line: nothing said, nothing to answer
         attachments: list[Attachment] = []
         if text == "/attach" or text.startswith("/attach "):
             path, caption = attach_arguments(text[len("/attach"):])
