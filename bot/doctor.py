@@ -78,7 +78,7 @@ async def _model(settings: Settings) -> Check:
     try:
         await asyncio.wait_for(
             litellm.acompletion(model=settings.model, messages=[{"role": "user", "content": "Say ok."}],
-                                max_tokens=5, num_retries=0, **kwargs),
+                                max_tokens=5, num_retries=0, max_retries=0, **kwargs),
             _TIMEOUT_S + 5,
         )
     except Exception as exc:  # noqa: BLE001 - litellm maps provider failures to its own types
