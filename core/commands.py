@@ -18,13 +18,14 @@ from core.channel_settings import KEYS, SettingError, describe, valid_values
 from core.kinds import NOT_MEMORY
 from core.models import Message, Reply, ReplyFile, Scope, utcnow
 from core.platform import Platform
+from core.profile import exportable_facts, forget_all_facts, forget_fact, profile
 from core.render import shorten
 
 if TYPE_CHECKING:
     from core.engine import Core
 
 # Commands that control the bot rather than say something: never remembered.
-CONTROL = frozenset({"help", "start", "memory", "forget", "export", "settings", "optout", "optin"})
+CONTROL = frozenset({"help", "start", "memory", "profile", "forget", "export", "settings", "optout", "optin"})
 QUESTION = frozenset({"ask", "deep"})
 PAGE_SIZE = 10
 # What /memory lists: what people told (not questions to Mnemo, commands, failed attachments).
@@ -36,7 +37,8 @@ HELP = """I'm {bot}. I remember what's said where I am and answer with numbered 
 • In groups, mention me or reply to me (or /ask QUESTION); in DMs just talk to me.
 • /deep QUESTION — think harder on one question.
 • /memory [page] — what I remember from you, with ids.
-• /forget ID or /forget all — delete memories (and anything derived from them).
+• /profile — what I've learned about you, with where I learned it.
+• /forget ID or /forget all — delete memories or learned facts (and anything derived from them).
 • /export — all your data as a JSON file.
 • /optout, /optin — stop or resume remembering you anywhere.
 • /settings — this channel's settings; admins: /settings KEY VALUE.
@@ -136,6 +138,7 @@ async def delete_where(core: Core, query: dict[str, Any]) -> int:
     keys = [doc["key"] for doc in docs]
     await core.store.replies.delete_many({"$or": [{"message_key": {"$in": keys}}, {"footnotes.memory_id": {"$in": ids}}]})
     await core.store.messages.delete_many({"_id": {"$in": ids}})
+    await core.facts.forget_sources(ids)  # facts learned only from these messages go too
     return len(ids)
 
 
@@ -147,9 +150,13 @@ async def _forget(core: Core, message: Message, platform: Platform, args: str) -
         count = await delete_where(core, {"author_key": message.user_key, **MEMORIES})
         await delete_where(core, {"author_key": message.user_key, "key": {"$ne": message.event_key}})
         await core.store.replies.delete_many({"author_key": message.user_key})
+        facts = await forget_all_facts(core, message.user_key)
+        learned = f" and {facts} learned facts" if facts else ""
         exports = await asyncio.to_thread(_delete_earlier_exports, core, message)
         also = f" and deleted {exports} earlier export file{'s' if exports != 1 else ''}" if exports else ""
-        return Reply(f"Done: I forgot everything from you ({count} messages){also}.", private=True)
+        return Reply(f"Done: I forgot everything from you ({count} messages{learned}){also}.", private=True)
+    if await forget_fact(core, message, target):
+        return Reply(f"Done: I forgot {target}.", private=True)
     count = await delete_where(core, {"author_key": message.user_key, "_id": target})
     if count == 0:
         return Reply(f"I have no memory {target} from you. /memory lists your ids.", private=True, is_error=True)
@@ -157,9 +164,10 @@ async def _forget(core: Core, message: Message, platform: Platform, args: str) -
 
 
 async def _export(core: Core, message: Message, platform: Platform, args: str) -> Reply:
-    """What a person sent (commands left out) and what Mnemo replied to it, without the
-    bookkeeping fields (keys, leases, owners, order), times in ISO 8601 UTC."""
-    everything = [doc async for doc in core.store.messages.find({"author_key": message.user_key}).sort("ts", 1)]
+    """What a person sent (commands left out) and what Mnemo replied to it, and the facts learned,
+    without the bookkeeping fields (keys, leases, owners, order), times in ISO 8601 UTC."""
+    mine = {"author_key": message.user_key, "withheld": {"$ne": True}}
+    everything = [doc async for doc in core.store.messages.find(mine).sort("ts", 1)]
     messages = [doc for doc in everything if not _is_command(doc)]
     commands = {doc["key"] for doc in everything if _is_command(doc)}
     ids_by_key = {doc["key"]: doc["_id"] for doc in messages}
@@ -177,11 +185,12 @@ async def _export(core: Core, message: Message, platform: Platform, args: str) -
         "replies_to_you": [
             {**_exportable(doc), "in_reply_to": ids_by_key.get(doc.get("message_key"))} for doc in replies
         ],
+        "facts": await exportable_facts(core, message.user_key),
     }
     data = json.dumps(_iso_times(payload), ensure_ascii=False, indent=2, default=str).encode()
     name = f"{export_file_prefix(message)}{now:%Y%m%dT%H%M%SZ}.json"
     return Reply(
-        f"Your data: {len(messages)} messages and {len(replies)} replies.",
+        f"Your data: {len(messages)} messages, {len(replies)} replies and {len(payload['facts'])} learned facts.",
         private=True,
         file=ReplyFile(name, data),
     )
@@ -231,6 +240,10 @@ def _delete_earlier_exports(core: Core, message: Message) -> int:
     return removed
 
 
+async def _profile(core: Core, message: Message, platform: Platform, args: str) -> Reply:
+    return await profile(core, message)
+
+
 async def _optout(core: Core, message: Message, platform: Platform, args: str) -> Reply:
     await core.store.set_opt_out(message.user_key, message.author_name, True)
     return Reply(
@@ -250,6 +263,7 @@ _HANDLERS = {
     "start": _help,
     "settings": _settings,
     "memory": _memory,
+    "profile": _profile,
     "forget": _forget,
     "export": _export,
     "optout": _optout,
