@@ -6,6 +6,7 @@ variable (see `load_settings`).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
@@ -16,6 +17,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 class ConfigError(Exception):
     """A configuration problem, phrased for a person: names the variable."""
+
+
+def default_data_dir() -> Path:
+    """Per user, wherever `mnemo` is started from: `$XDG_DATA_HOME/mnemo` (~/.local/share/mnemo)."""
+    base = os.environ.get("XDG_DATA_HOME", "").strip()
+    return (Path(base) if base and Path(base).is_absolute() else Path.home() / ".local" / "share") / "mnemo"
 
 
 def _url(value: str | None, variable: str) -> str | None:
@@ -32,7 +39,7 @@ class Settings(BaseSettings):
         env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
     )
 
-    data_dir: Path = Field(Path("./mnemo-data"), validation_alias="MNEMO_DATA_DIR")
+    data_dir: Path = Field(default_factory=lambda: default_data_dir(), validation_alias="MNEMO_DATA_DIR")
     mongodb_uri: str | None = Field(None, validation_alias="MONGODB_URI")
     mongodb_db: str = Field("mnemo", validation_alias="MNEMO_MONGODB_DB")
     chroma_url: str | None = Field(None, validation_alias="CHROMA_URL")
