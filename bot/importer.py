@@ -1,0 +1,198 @@
+"""`mnemo import telegram|slack|discord PATH`: a chat-history export becomes cited memory.
+
+The whole export is read and checked first (a malformed file stops everything before a single
+write), then imported a chunk at a time: messages already imported are dropped cheaply, media
+present in the export is read (voice transcribed, images read) through the core's media reader,
+and the rest goes through the core's bulk path (`ingest_history`: the pipeline's documents,
+scopes and dedupe on the event key, batched writes and embeddings). Running it twice, or again
+after an interruption, imports each message exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from bot.config import Settings
+from bot.progress import ProgressBar
+from core.errors import MediaError
+from core.history import ExportError, History
+from core.media import MediaText
+from core.models import Message
+
+log = logging.getLogger(__name__)
+
+PLATFORMS = ("telegram", "slack", "discord")
+CHUNK = 4096  # messages checked, read and handed to the bulk path at a time
+_COMMAND = re.compile(r"^/[A-Za-z_]+(?:@\w+)?(?:\s|$)")
+_READABLE = {"voice", "audio", "image"}
+
+
+@dataclass
+class Outcome:
+    imported: int = 0
+    already: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    failed: list[str] = field(default_factory=list)  # "message <id>: <reason>"
+    missing_media: list[str] = field(default_factory=list)
+
+    def summary(self) -> list[str]:
+        lines = [f"mnemo import: {self.imported:,} messages imported, {self.already:,} already imported"]
+        if self.skipped:
+            parts = ", ".join(f"{count:,} {reason}" for reason, count in self.skipped.most_common())
+            lines.append(f"  skipped: {parts}")
+        if self.missing_media:
+            shown = "; ".join(self.missing_media[:3]) + ("; ..." if len(self.missing_media) > 3 else "")
+            lines.append(f"  media named but not in the export: {len(self.missing_media):,} ({shown})")
+        if self.failed:
+            lines.append(f"  failed: {len(self.failed):,}")
+            lines += [f"    {reason}" for reason in self.failed[:20]]
+            if len(self.failed) > 20:
+                lines.append(f"    ... and {len(self.failed) - 20:,} more")
+        return lines
+
+
+def parse(platform: str, path: Path, workspace_url: str | None = None) -> History:
+    """Read and check the whole export (raises ExportError naming the file and the spot)."""
+    if platform == "telegram":
+        from adapters.telegram.history import parse_export as telegram
+
+        return telegram(path)
+    if platform == "slack":
+        from adapters.slack.history import parse_export as slack
+
+        return slack(path, workspace_url)
+    if platform == "discord":
+        from adapters.discord.history import parse_export as discord
+
+        return discord(path)
+    raise ValueError(f"unknown platform {platform!r}")
+
+
+def mark_commands(history: History) -> None:
+    """`/commands` in history are kept (kind "command") but never remembered, as live."""
+    for message in history.messages:
+        if _COMMAND.match(message.text.lstrip()):
+            message.is_command = True
+            history.skipped["/commands (kept, not remembered)"] += 1
+
+
+async def run_import(settings: Settings, platform: str, path: Path, workspace_url: str | None = None,
+                     stream: TextIO | None = None) -> int:
+    stream = stream or sys.stderr
+    try:
+        history = await asyncio.to_thread(parse, platform, path, workspace_url)
+    except ExportError as exc:
+        print(f"mnemo import: {exc}", file=stream)
+        return 1
+    mark_commands(history)
+    outcome = Outcome(skipped=Counter(history.skipped), missing_media=list(history.missing_media))
+    print(f"mnemo import: {len(history.messages):,} messages to import from {path}", file=stream)
+
+    from bot.app import open_core
+
+    async with open_core(settings, background=False) as core:
+        permalinks = None
+        if platform == "slack" and not history.workspace_url and settings.slack_bot_token:
+            permalinks = SlackPermalinks(settings)
+        bar = ProgressBar(len(history.messages), stream=stream)
+        try:
+            for start in range(0, len(history.messages), CHUNK):
+                chunk = history.messages[start:start + CHUNK]
+                await _import_chunk(core, chunk, outcome, bar, permalinks)
+        finally:
+            if permalinks is not None:
+                await permalinks.close()
+        bar.finish()
+        # TODO(learning, issue 16): when the core exposes its learning hook, hand it the
+        # imported conversations here (with a model configured).
+    for line in outcome.summary():
+        print(line, file=stream)
+    return 0
+
+
+async def _import_chunk(core: Any, chunk: list[Message], outcome: Outcome, bar: ProgressBar,
+                        permalinks: SlackPermalinks | None) -> None:
+    from core.memory.ingest import ingest_history
+
+    # Cheap resume: what an earlier run stored completely is dropped before any work on it.
+    found = core.store.messages.find({"key": {"$in": [m.event_key for m in chunk]}}, {"key": 1, "import_pending": 1})
+    done = {doc["key"] async for doc in found if not doc.get("import_pending")}
+    todo = [m for m in chunk if m.event_key not in done]
+    outcome.already += len(chunk) - len(todo)
+    bar.advance(len(chunk) - len(todo))
+    if permalinks is not None:
+        await permalinks.fill(todo)
+    media = await asyncio.gather(*(_read_media(core, m, outcome) for m in todo))
+
+    def counted(messages: int, stored: int) -> None:
+        outcome.imported += stored
+        outcome.already += messages - stored
+        bar.advance(messages)
+
+    await ingest_history(core, list(zip(todo, media)), on_batch=counted)
+
+
+async def _read_media(core: Any, message: Message, outcome: Outcome) -> list[MediaText]:
+    texts: list[MediaText] = []
+    for attachment in message.attachments:
+        if attachment.kind not in _READABLE or (attachment.fetch is None and attachment.data is None):
+            continue  # referenced (kept on the message), not read: as live for files
+        try:
+            texts.append(await core.media.fetch_and_read(attachment, core.config.max_file_bytes))
+        except MediaError as exc:
+            outcome.failed.append(f"message {message.message_id} ({attachment.filename}): {exc}")
+        finally:
+            attachment.data = None  # read once; the bytes are not kept
+    return texts
+
+
+class SlackPermalinks:
+    """chat.getPermalink for every imported message, when a bot token is configured and no
+    workspace URL is known (DESIGN: Slack exports carry no domain). A failed lookup falls back
+    to the link built from the workspace URL auth.test reports."""
+
+    def __init__(self, settings: Settings, concurrency: int = 8) -> None:
+        from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
+        from slack_sdk.web.async_client import AsyncWebClient
+
+        self.client = AsyncWebClient(token=settings.slack_bot_token, base_url=settings.slack_api_base
+                                     or "https://slack.com/api/")
+        self.client.retry_handlers.append(AsyncRateLimitErrorRetryHandler(max_retry_count=5))  # honours Retry-After
+        self._slots = asyncio.Semaphore(concurrency)
+        self._team_url: str | None = None
+
+    async def fill(self, messages: list[Message]) -> None:
+        if self._team_url is None:
+            try:
+                self._team_url = str((await self.client.auth_test()).get("url") or "")
+            except Exception as exc:  # noqa: BLE001 - links are a nicety; the import goes on
+                log.warning("Slack auth.test failed; permalinks only where chat.getPermalink answers: %s",
+                            type(exc).__name__)
+                self._team_url = ""
+        await asyncio.gather(*(self._one(m) for m in messages))
+
+    async def _one(self, message: Message) -> None:
+        from adapters.slack.events import constructed_permalink
+
+        async with self._slots:
+            try:
+                found = await self.client.chat_getPermalink(channel=message.conversation_id,
+                                                            message_ts=message.message_id)
+                message.link = str(found.get("permalink") or "") or None
+            except Exception as exc:  # noqa: BLE001 - fall back to the constructed link
+                log.debug("chat.getPermalink failed: %s", type(exc).__name__)
+        if message.link is None and self._team_url:
+            message.link = constructed_permalink(self._team_url, message.conversation_id, message.message_id,
+                                                 message.thread_id)
+
+    async def close(self) -> None:
+        session = getattr(self.client, "session", None)
+        if session is not None:
+            await session.close()
