@@ -48,7 +48,8 @@ def parse_json(data: bytes | str, file: str) -> Any:
     try:
         return json.loads(data)
     except json.JSONDecodeError as exc:
-        problem = "the file ends early (truncated?)" if exc.pos >= len(exc.doc.rstrip()) else exc.msg
+        truncated = exc.pos >= len(exc.doc.rstrip()) or exc.msg.startswith("Unterminated string")
+        problem = f"{exc.msg} (the file ends early: truncated?)" if truncated else exc.msg
         raise ExportError(file, f"line {exc.lineno}, column {exc.colno}", f"not valid JSON: {problem}") from None
     except UnicodeDecodeError as exc:
         raise ExportError(file, f"byte {exc.start}", "not UTF-8 text") from None

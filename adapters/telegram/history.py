@@ -113,6 +113,8 @@ def _message(raw: Any, chat_type: str, chat_id: str, title: str | None, root: Pa
         history.skipped["no text or readable media"] += 1
         return None
     author_id = _author_id(from_id, chat_id, file, where)
+    if bot_peer is not None:
+        chat_id = author_id  # a bot sees its private chat with a person under that person's id
     author_name = raw.get("from") if isinstance(raw.get("from"), str) and raw.get("from") else None
     return Message(
         platform=PLATFORM,
