@@ -38,12 +38,15 @@ _READABLE = {"voice", "audio", "image"}
 class Outcome:
     imported: int = 0
     already: int = 0
+    reindexed: int = 0  # stored by an interrupted run but not yet indexed: indexed now
     skipped: Counter[str] = field(default_factory=Counter)
     failed: list[str] = field(default_factory=list)  # "message <id>: <reason>"
     missing_media: list[str] = field(default_factory=list)
 
     def summary(self) -> list[str]:
         lines = [f"mnemo import: {self.imported:,} messages imported, {self.already:,} already imported"]
+        if self.reindexed:
+            lines.append(f"  finished indexing {self.reindexed:,} messages an interrupted import had stored")
         if self.skipped:
             parts = ", ".join(f"{count:,} {reason}" for reason, count in self.skipped.most_common())
             lines.append(f"  skipped: {parts}")
@@ -85,45 +88,84 @@ def mark_commands(history: History) -> None:
 
 async def run_import(settings: Settings, platform: str, path: Path, workspace_url: str | None = None,
                      stream: TextIO | None = None) -> int:
+    """The command: parse and check everything, then import. Returns the exit code."""
     stream = stream or sys.stderr
     try:
         history = await asyncio.to_thread(parse, platform, path, workspace_url)
     except ExportError as exc:
         print(f"mnemo import: {exc}", file=stream)
         return 1
-    mark_commands(history)
-    outcome = Outcome(skipped=Counter(history.skipped), missing_media=list(history.missing_media))
     print(f"mnemo import: {len(history.messages):,} messages to import from {path}", file=stream)
 
     from bot.app import open_core
 
     async with open_core(settings, background=False) as core:
-        permalinks = None
-        if platform == "slack" and not history.workspace_url and settings.slack_bot_token:
-            permalinks = SlackPermalinks(settings)
-        bar = ProgressBar(len(history.messages), stream=stream)
-        try:
-            for start in range(0, len(history.messages), CHUNK):
-                chunk = history.messages[start:start + CHUNK]
-                await _import_chunk(core, chunk, outcome, bar, permalinks)
-        finally:
-            if permalinks is not None:
-                await permalinks.close()
-        bar.finish()
-        # TODO(learning, issue 16): when the core exposes its learning hook, hand it the
-        # imported conversations here (with a model configured).
+        outcome = await import_history(core, settings, platform, history, stream)
     for line in outcome.summary():
         print(line, file=stream)
     return 0
 
 
-async def _import_chunk(core: Any, chunk: list[Message], outcome: Outcome, bar: ProgressBar,
+async def import_history(core: Any, settings: Settings, platform: str, history: History, stream: TextIO) -> Outcome:
+    """Import a parsed export into `core`, a chunk at a time, with a progress bar on `stream`."""
+    mark_commands(history)
+    outcome = Outcome(skipped=Counter(history.skipped), missing_media=list(history.missing_media))
+    permalinks = None
+    if platform == "slack" and not history.workspace_url and settings.slack_bot_token:
+        permalinks = SlackPermalinks(settings)
+    done = await _resume(core, {m.conversation_key for m in history.messages}, outcome)
+    bar = ProgressBar(len(history.messages), stream=stream)
+    try:
+        for start in range(0, len(history.messages), CHUNK):
+            await _import_chunk(core, history.messages[start:start + CHUNK], done, outcome, bar, permalinks)
+    finally:
+        if permalinks is not None:
+            await permalinks.close()
+    bar.finish()
+    # TODO(learning, issue 16): when the core exposes its learning hook, hand it the imported
+    # conversations here (with a model configured).
+    return outcome
+
+
+async def _resume(core: Any, conversations: set[str], outcome: Outcome) -> set[str]:
+    """Event keys of these conversations already stored (one query per conversation, on its
+    index: a per-chunk `$in` of thousands of keys is far slower). A run killed between storing
+    a batch and indexing it left remembered messages missing from the index: they are indexed
+    here, from their stored text, under their stored id."""
+    from core.engine import memory_text
+    from core.models import Scope
+
+    stored: set[str] = set()
+    remembered: dict[str, list[str]] = {}  # scope -> ids
+    for conversation in conversations:
+        found = core.store.messages.find({"conversation_key": conversation},
+                                         {"_id": 1, "key": 1, "scope": 1, "remembered": 1})
+        async for doc in found:
+            stored.add(doc["key"])
+            if doc.get("remembered"):
+                remembered.setdefault(doc["scope"], []).append(doc["_id"])
+    unindexed: list[str] = []
+    for scope_key, ids in remembered.items():
+        for start in range(0, len(ids), 5000):
+            part = ids[start:start + 5000]
+            indexed = set(await core.index.get_ids(Scope.parse(scope_key), part))
+            unindexed += [memory_id for memory_id in part if memory_id not in indexed]
+    for start in range(0, len(unindexed), 256):
+        docs = [doc async for doc in core.store.messages.find({"_id": {"$in": unindexed[start:start + 256]}})]
+        items = []
+        for doc in docs:
+            media = [MediaText(doc["media_kind"], doc["media_text"])] if doc.get("media_kind") else []
+            items.append(core._memory_item(doc, memory_text(doc["text"], media), media))
+        await core.index.add(items)
+    outcome.reindexed = len(unindexed)
+    return stored
+
+
+async def _import_chunk(core: Any, chunk: list[Message], done: set[str], outcome: Outcome, bar: ProgressBar,
                         permalinks: SlackPermalinks | None) -> None:
     from core.memory.ingest import ingest_history
 
-    # Cheap resume: what an earlier run stored completely is dropped before any work on it.
-    found = core.store.messages.find({"key": {"$in": [m.event_key for m in chunk]}}, {"key": 1, "import_pending": 1})
-    done = {doc["key"] async for doc in found if not doc.get("import_pending")}
+    # What an earlier run stored is dropped before any work on it.
     todo = [m for m in chunk if m.event_key not in done]
     outcome.already += len(chunk) - len(todo)
     bar.advance(len(chunk) - len(todo))

@@ -20,7 +20,16 @@ from pymongo import MongoClient
 
 from tests.conftest import REPO
 from tests.fakes.llm import FakeLLM
-from tests.fakes.telegram import BOT_ID, BOT_USERNAME, TOKEN, FakeTelegram, mention_entity, private_chat, supergroup, user
+from tests.fakes.telegram import (
+    BOT_ID,
+    BOT_USERNAME,
+    TOKEN,
+    FakeTelegram,
+    mention_entity,
+    private_chat,
+    supergroup,
+    user,
+)
 from tests.test_telegram import free_port, replies_to, start_mnemo, stop_mnemo, visible, wait_sync
 
 ALICE = user(111, "Alice", "alice")
@@ -186,7 +195,6 @@ def test_an_interrupted_import_finishes_on_rerun_with_one_copy_of_each(
     assert stored.count_documents({}) == total
     assert len(stored.distinct("key")) == total
     assert stored.count_documents({"remembered": True}) == total
-    assert stored.count_documents({"import_pending": {"$exists": True}}) == 0
 
     import chromadb
     from chromadb.config import Settings as ChromaSettings

@@ -10,7 +10,6 @@ not replied to.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -39,9 +38,8 @@ async def ingest_history(
     """Store and remember `entries` (message, already-read media text), in order.
 
     Dedupe is the pipeline's: a message whose event key is already stored is skipped.
-    Channel `memory` settings and user opt-outs are honoured as in the pipeline. Safe to
-    interrupt: a message stored but not yet indexed is marked `import_pending`, and a rerun
-    that meets it indexes it. `on_batch(messages, newly_stored)` is called after each batch.
+    Channel `memory` settings and user opt-outs are honoured as in the pipeline.
+    `on_batch(messages, newly_stored)` is called after each batch is stored and indexed.
     Returns how many messages were newly stored.
     """
     from core.engine import memory_text  # the pipeline's own rule for what is remembered
@@ -77,7 +75,6 @@ async def ingest_history(
             doc["state"] = DONE
             docs.append(doc)
             if doc["remembered"]:
-                doc["import_pending"] = True  # until its memory is indexed (see store_batch)
                 items.append(core._memory_item(doc, content, media))
         return docs, items
 
@@ -90,20 +87,8 @@ async def ingest_history(
         inserted = await _insert_new(core, docs)
         vectors = await embedding
         keep = [i for i, item in enumerate(items) if item.memory_id in inserted]
-        keep_items = [items[i] for i in keep]
-        # Already stored by an earlier run that stopped before indexing them: index them now,
-        # under the stored id (the text is the same, so is the vector).
-        unfinished = await _unfinished(core, [d for d in docs if d["_id"] not in inserted])
-        for i, item in enumerate(items):
-            stored_id = unfinished.get(item.memory_id)
-            if stored_id is not None:
-                keep.append(i)
-                keep_items.append(dataclasses.replace(item, memory_id=stored_id))
         if keep:
-            await core.index.add(keep_items, vectors[keep])
-            await core.store.messages.update_many(
-                {"_id": {"$in": [item.memory_id for item in keep_items]}}, {"$unset": {"import_pending": ""}}
-            )
+            await core.index.add([items[i] for i in keep], vectors[keep])
         return len(inserted)
 
     stored = 0
@@ -133,18 +118,6 @@ async def ingest_history(
             task.cancel()
         await asyncio.gather(*leftover, return_exceptions=True)
     return stored
-
-
-async def _unfinished(core: Core, duplicates: list[dict[str, Any]]) -> dict[str, str]:
-    """For this batch's already-stored messages still marked `import_pending`: this batch's
-    memory id -> the stored message's id."""
-    if not duplicates:
-        return {}
-    ours = {doc["key"]: doc["_id"] for doc in duplicates if doc.get("import_pending")}
-    if not ours:
-        return {}
-    cursor = core.store.messages.find({"key": {"$in": list(ours)}, "import_pending": True}, {"_id": 1, "key": 1})
-    return {ours[found["key"]]: found["_id"] async for found in cursor}
 
 
 async def _insert_new(core: Core, docs: list[dict[str, Any]]) -> set[str]:
