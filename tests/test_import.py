@@ -168,7 +168,7 @@ def test_an_interrupted_import_finishes_on_rerun_with_one_copy_of_each(
     tmp_path: Path, base_env: dict[str, str], fake_llm: FakeLLM, mongo_uri: str, db_name: str, data_dir: Path,
     how: signal.Signals,
 ) -> None:
-    total = 6000
+    total = 2500
     write_big_export(tmp_path / "export", total)
     env = import_env(base_env, fake_llm)
     stored = messages_of(mongo_uri, db_name)
