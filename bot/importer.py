@@ -39,6 +39,7 @@ class Outcome:
     imported: int = 0
     already: int = 0
     reindexed: int = 0  # stored by an interrupted run but not yet indexed: indexed now
+    commands: int = 0  # imported (kind "command"), never remembered
     skipped: Counter[str] = field(default_factory=Counter)
     failed: list[str] = field(default_factory=list)  # "message <id>: <reason>"
     missing_media: list[str] = field(default_factory=list)
@@ -47,6 +48,8 @@ class Outcome:
         lines = [f"mnemo import: {self.imported:,} messages imported, {self.already:,} already imported"]
         if self.reindexed:
             lines.append(f"  finished indexing {self.reindexed:,} messages an interrupted import had stored")
+        if self.commands:
+            lines.append(f"  kept but not remembered: {self.commands:,} /commands")
         if self.skipped:
             parts = ", ".join(f"{count:,} {reason}" for reason, count in self.skipped.most_common())
             lines.append(f"  skipped: {parts}")
@@ -78,12 +81,14 @@ def parse(platform: str, path: Path, workspace_url: str | None = None) -> Histor
     raise ValueError(f"unknown platform {platform!r}")
 
 
-def mark_commands(history: History) -> None:
+def mark_commands(history: History) -> int:
     """`/commands` in history are kept (kind "command") but never remembered, as live."""
+    count = 0
     for message in history.messages:
         if _COMMAND.match(message.text.lstrip()):
             message.is_command = True
-            history.skipped["/commands (kept, not remembered)"] += 1
+            count += 1
+    return count
 
 
 async def run_import(settings: Settings, platform: str, path: Path, workspace_url: str | None = None,
@@ -108,8 +113,8 @@ async def run_import(settings: Settings, platform: str, path: Path, workspace_ur
 
 async def import_history(core: Any, settings: Settings, platform: str, history: History, stream: TextIO) -> Outcome:
     """Import a parsed export into `core`, a chunk at a time, with a progress bar on `stream`."""
-    mark_commands(history)
-    outcome = Outcome(skipped=Counter(history.skipped), missing_media=list(history.missing_media))
+    outcome = Outcome(skipped=Counter(history.skipped), missing_media=list(history.missing_media),
+                      commands=mark_commands(history))
     permalinks = None
     if platform == "slack" and not history.workspace_url and settings.slack_bot_token:
         permalinks = SlackPermalinks(settings)

@@ -73,6 +73,7 @@ def write_telegram_export(folder: Path) -> None:
     note = Image.new("RGB", (900, 200), "white")
     ImageDraw.Draw(note).text((30, 70), "Locker code 4417", fill="black", font=ImageFont.truetype(FONT, 48))
     note.save(folder / "photos" / "photo_6.jpg")
+    (folder / "photos" / "photo_9.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     at = 1714557600
     club = [
         {"id": 1, "type": "service", "date": "2024-05-01T10:00:00", "date_unixtime": str(at), "actor": "Alice",
@@ -88,6 +89,7 @@ def write_telegram_export(folder: Path) -> None:
         tg_message(7, ALICE, "/settings", at + 360),
         tg_message(8, BOB, "agenda attached", at + 420, file="(File not included. Change data exporting settings "
                    "to download.)", file_name="agenda.pdf", mime_type="application/pdf"),
+        tg_message(9, BOB, "the whiteboard from Monday", at + 480, photo="photos/photo_9.jpg"),  # unreadable
     ]
     mnemo = {"first_name": "Mnemo", "id": BOT_ID}
     dm = [tg_message(20, ALICE, "My gym locker PIN is 9021", at + 500),
@@ -111,11 +113,14 @@ def test_telegram_import_is_answered_live_with_links_and_is_idempotent(
 
     first = mnemo_import(env, "telegram", str(export))
     assert first.returncode == 0, first.stderr
-    assert "7 messages imported, 0 already imported" in first.stderr, first.stderr
+    assert "8 messages imported, 0 already imported" in first.stderr, first.stderr
     assert "1 service message" in first.stderr and "1 bot message" in first.stderr
     assert "media named but not in the export: 2" in first.stderr
+    assert "kept but not remembered: 1 /commands" in first.stderr
+    assert "failed: 1" in first.stderr and "message 9 (photo_9.jpg):" in first.stderr, first.stderr
     stored = messages_of(mongo_uri, db_name)
-    assert stored.count_documents({}) == 7
+    assert stored.count_documents({}) == 8
+    assert stored.find_one({"key": "telegram:-1001234567890:9"})["remembered"]  # its caption is
     edited = stored.find_one({"key": "telegram:-1001234567890:3"})
     assert edited["text"] == "We meet at Café Olé on Friday at 19:00" and edited["scope"] == "group:telegram:-1001234567890"
     assert stored.find_one({"key": "telegram:-1001234567890:2"})["text"] == (
@@ -126,8 +131,8 @@ def test_telegram_import_is_answered_live_with_links_and_is_idempotent(
 
     again = mnemo_import(env, "telegram", str(export / "result.json"))
     assert again.returncode == 0, again.stderr
-    assert "0 messages imported, 7 already imported" in again.stderr, again.stderr
-    assert stored.count_documents({}) == 7
+    assert "0 messages imported, 8 already imported" in again.stderr, again.stderr
+    assert stored.count_documents({}) == 8
 
     telegram = FakeTelegram().start()
     proc = start_mnemo({**env, "TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_API_BASE": telegram.api_base,
