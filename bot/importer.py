@@ -40,6 +40,7 @@ class Outcome:
     already: int = 0
     reindexed: int = 0  # stored by an interrupted run but not yet indexed: indexed now
     commands: int = 0  # imported (kind "command"), never remembered
+    learning_requests: int = 0  # model requests that learned facts from the import
     skipped: Counter[str] = field(default_factory=Counter)
     failed: list[str] = field(default_factory=list)  # "message <id>: <reason>"
     missing_media: list[str] = field(default_factory=list)
@@ -48,6 +49,8 @@ class Outcome:
         lines = [f"mnemo import: {self.imported:,} messages imported, {self.already:,} already imported"]
         if self.reindexed:
             lines.append(f"  finished indexing {self.reindexed:,} messages an interrupted import had stored")
+        if self.learning_requests:
+            lines.append(f"  learned from it in {self.learning_requests:,} model requests (see /profile)")
         if self.commands:
             lines.append(f"  kept but not remembered: {self.commands:,} /commands")
         if self.skipped:
@@ -127,8 +130,15 @@ async def import_history(core: Any, settings: Settings, platform: str, history: 
         if permalinks is not None:
             await permalinks.close()
     bar.finish()
-    # TODO(learning, issue 16): when the core exposes its learning hook, hand it the imported
-    # conversations here (with a model configured).
+    learner = getattr(core, "learner", None)
+    if learner is not None and learner.enabled and outcome.imported:
+        # What people told in the history teaches Mnemo about them, as live speech does.
+        conversations = sorted({m.conversation_key for m in history.messages})
+        print(f"mnemo import: learning facts from {len(conversations):,} conversations with {learner.model}",
+              file=stream, flush=True)
+        calls = learner.calls
+        await learner.flush(conversations)
+        outcome.learning_requests = learner.calls - calls
     return outcome
 
 

@@ -45,11 +45,14 @@ def mnemo_import(env: dict[str, str], *args: str, timeout: float = 300) -> subpr
                           capture_output=True, timeout=timeout, check=False)
 
 
-def import_env(base_env: dict[str, str], fake_llm: FakeLLM) -> dict[str, str]:
+def import_env(base_env: dict[str, str], fake_llm: FakeLLM, model: bool = True) -> dict[str, str]:
     # Embeddings and transcription from the loopback model server: the same embedder for the
     # import and for `mnemo run`, and subprocesses that start in seconds.
-    return {**base_env, **fake_llm.env(), "MNEMO_EMBEDDING_MODEL": "openai/fake-embedding",
-            "MNEMO_STT_MODEL": "whisper-1"}
+    env = {**base_env, **fake_llm.env(), "MNEMO_EMBEDDING_MODEL": "openai/fake-embedding",
+           "MNEMO_STT_MODEL": "whisper-1"}
+    if not model:
+        env.pop("MNEMO_MODEL")  # no chat model: nothing is learned
+    return env
 
 
 def messages_of(mongo_uri: str, db_name: str) -> Any:
@@ -117,6 +120,9 @@ def test_telegram_import_is_answered_live_with_links_and_is_idempotent(
     assert "1 service message" in first.stderr and "1 bot message" in first.stderr
     assert "media named but not in the export: 2" in first.stderr
     assert "kept but not remembered: 1 /commands" in first.stderr
+    assert "learned from it in 2 model requests" in first.stderr, first.stderr  # the club, and Alice's DM
+    learning = [r for r in fake_llm.chat_requests() if r.get("tools")]
+    assert any("Süßes Gift" in json.dumps(r["messages"], ensure_ascii=False) for r in learning)
     assert "failed: 1" in first.stderr and "message 9 (photo_9.jpg):" in first.stderr, first.stderr
     stored = messages_of(mongo_uri, db_name)
     assert stored.count_documents({}) == 8
@@ -175,7 +181,7 @@ def test_an_interrupted_import_finishes_on_rerun_with_one_copy_of_each(
 ) -> None:
     total = 2500
     write_big_export(tmp_path / "export", total)
-    env = import_env(base_env, fake_llm)
+    env = import_env(base_env, fake_llm, model=False)
     stored = messages_of(mongo_uri, db_name)
     proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "import", "telegram", str(tmp_path / "export")],
                             env=env, cwd=str(REPO), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

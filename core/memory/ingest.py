@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pymongo.errors import BulkWriteError
 
+from core import commands, kinds
 from core.media import MediaText
 from core.memory.index import MemoryItem
 from core.models import Message
@@ -53,8 +54,9 @@ async def ingest_history(
         docs: list[dict[str, Any]] = []
         items: list[MemoryItem] = []
         for message, media in batch:
-            doc = message_doc(message, remember=not message.is_command)
-            doc.setdefault("kind", "command" if message.is_command else "told")  # history: said, not asked
+            # History is what people said to each other: told, except the /commands in it.
+            kind = kinds.COMMAND if message.is_command or commands.parse(message.text) else kinds.TOLD
+            doc = message_doc(message, remember=kind == kinds.TOLD, kind=kind)
             content = memory_text(message.text, media)
             if media:
                 doc["media_text"] = "\n".join(m.text for m in media)
@@ -94,6 +96,7 @@ async def ingest_history(
     stored = 0
     previous: _Batch | None = None  # embedded (or embedding), to be stored next
     current: _Batch | None = None  # embedding while `previous` is stored
+
     async def store_and_report(batch: _Batch) -> int:
         added = await store_batch(*batch)
         if on_batch is not None:
