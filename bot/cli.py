@@ -59,11 +59,35 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--user", default=None, help="who is talking (default: the OS user)")
     chat.add_argument("--channel", default=None, help="a group channel name (default: a DM with the bot)")
     chat.add_argument("--admin", action="store_true", help="be an admin of --channel (may change settings)")
+    _add_import(sub)
     sub.add_parser("doctor", help="check the configuration, stores, model and platform tokens, one line each")
     for name, command in sub.choices.items():  # every subcommand's --help names what it reads
         command.formatter_class = formatter
         command.epilog = command.epilog or cli_help.epilog(name, data_dir)
     return parser
+
+
+def _add_import(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    imp = sub.add_parser(
+        "import", help="import a chat-history export into memory (safe to run twice)",
+        description="Import a platform's chat-history export: Telegram Desktop's JSON (result.json, or its "
+        "folder), Slack's workspace export (the zip or its folder), DiscordChatExporter JSON (a file or a folder). "
+        "Reads MNEMO_DATA_DIR, MONGODB_URI, MNEMO_MONGODB_DB, CHROMA_URL, MNEMO_EMBEDDING_MODEL, MNEMO_STT_MODEL, "
+        "MNEMO_VISION_MODEL, MNEMO_LLM_API_BASE, MNEMO_LLM_API_KEY, and SLACK_BOT_TOKEN/SLACK_API_BASE (Slack "
+        "permalinks via chat.getPermalink when no workspace URL is known).",
+    )
+    imp.add_argument("platform", choices=["telegram", "slack", "discord"])
+    imp.add_argument("path", help="the export: a file, a folder, or (Slack) the zip")
+    imp.add_argument("--workspace-url", default=None,
+                     help="Slack: https://<team>.slack.com, for the permalinks (exports carry no domain)")
+
+
+async def _import(settings: Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bot.importer import run_import
+
+    return await run_import(settings, args.platform, Path(args.path), args.workspace_url)
 
 
 def _os_user() -> str:
@@ -149,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         print(NO_PLATFORM, file=sys.stderr)
         return 2
     try:
+        if args.command == "import":
+            return asyncio.run(_import(settings, args))
         if args.command == "chat":
             user = (args.user or _os_user()).strip() or "user"
             if interactive:
@@ -161,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mnemo: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if args.command == "import":
+            print("mnemo import: interrupted; run the same command again to finish (nothing is imported twice)",
+                  file=sys.stderr)
         return 130
 
 

@@ -120,6 +120,23 @@ def to_message(
     )
 
 
+def display_name(profile: dict[str, Any], user: dict[str, Any]) -> str:
+    for value in (profile.get("display_name"), profile.get("real_name"), user.get("real_name"), user.get("name")):
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return ""
+
+
+def constructed_permalink(team_url: str, channel: str, ts: str, thread_ts: str | None) -> str | None:
+    """Slack's permalink format, used when chat.getPermalink is unavailable."""
+    if not team_url:
+        return None
+    link = f"{team_url.rstrip('/')}/archives/{channel}/p{ts.replace('.', '')}"
+    if thread_ts and thread_ts != ts:
+        link += f"?thread_ts={thread_ts}&cid={channel}"
+    return link
+
+
 def command_text(text: str) -> str:
     """`/mnemo memory 2` arrives as text "memory 2" -> "/memory 2". Free text is a question."""
     stripped = text.strip()
