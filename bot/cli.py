@@ -32,6 +32,12 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--user", default=None, help="who is talking (default: the OS user)")
     chat.add_argument("--channel", default=None, help="a group channel name (default: a DM with the bot)")
     chat.add_argument("--admin", action="store_true", help="be an admin of --channel (may change settings)")
+    web = sub.add_parser(
+        "web", help="chat and dashboard in a browser on http://127.0.0.1:PORT/ (prints a one-time login link)",
+        description="Reads MNEMO_DATA_DIR, MONGODB_URI, CHROMA_URL, MNEMO_MODEL, MNEMO_LLM_API_BASE, "
+        "MNEMO_LLM_API_KEY, MNEMO_EMBEDDING_MODEL, MNEMO_PUBLIC_URL.",
+    )
+    web.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (default 8080)")
     return parser
 
 
@@ -51,6 +57,12 @@ async def _chat(settings: Settings, user: str, channel: str | None, admin: bool)
         core.register(console)
         await console.run()
     return 0
+
+
+async def _web(settings: Settings, port: int) -> int:
+    from bot.web import run_web
+
+    return await run_web(settings, port)
 
 
 async def _run(settings: Settings) -> int:
@@ -74,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "chat":
             user = (args.user or _os_user()).strip() or "user"
             return asyncio.run(_chat(settings, user, args.channel, args.admin))
+        if args.command == "web":
+            return asyncio.run(_web(settings, args.port))
         return asyncio.run(_run(settings))
     except ConfigError as exc:
         print(f"mnemo: {exc}", file=sys.stderr)
