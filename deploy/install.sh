@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install Mnemo into ./.venv on a fresh Debian/Ubuntu machine.
 #   bash deploy/install.sh         the app (console chat, all platforms, embedded stores)
-#   bash deploy/install.sh --dev   plus the test tools and what the tests use (espeak-ng, fonts)
+#   bash deploy/install.sh --dev   plus the test tools and what the tests use (espeak-ng, fonts, chromium)
 # System packages come from apt (as root, or through sudo); the CPU build of PyTorch is pinned
 # first (torch==2.13.0) so pip never pulls the multi-GB CUDA build.
 set -euo pipefail
@@ -15,6 +15,7 @@ log() { printf '[install] %s\n' "$*" >&2; }
 
 packages=(tesseract-ocr tesseract-ocr-eng ffmpeg)
 [ "$dev" = 1 ] && packages+=(espeak-ng fonts-dejavu-core docker-compose)  # tests: speech, images, compose check
+[ "$dev" = 1 ] && packages+=(chromium chromium-driver)  # tests: the web pages in a real headless browser
 if ! "$python" -c 'import ensurepip, venv' >/dev/null 2>&1; then
   packages+=(python3-venv)
 fi
