@@ -1,0 +1,171 @@
+"""`/dashboard` on the platforms: the one-time link arrives privately, opens that person's own
+page and nothing else; admins (as the platform says) edit their channel's settings, others are
+refused. Real adapters against the loopback platform fakes, the web pages on a real aiohttp
+server, plain HTTP requests as a browser would make them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from adapters.web import WebAdapter
+from bot.http import HttpServer, build_http_app
+from core.engine import Core
+from tests.conftest import run_chat
+from tests.fakes.llm import FakeLLM
+from tests.fakes.telegram import FakeTelegram, private_chat
+from tests.test_slack import free_port
+from tests.test_telegram import ALICE, BOB, GROUP, Running, eventually, telegram, visible
+
+__all__ = ["telegram"]  # the fixture, shared with tests/test_telegram.py
+
+LINK = re.compile(r"(http://127\.0\.0\.1:\d+/login\?token=[\w-]+)")
+CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+class Web:
+    """The web pages of one core, on their own port (the one HTTP server of `mnemo run`)."""
+
+    def __init__(self, core: Core, port: int) -> None:
+        self.adapter = WebAdapter(core)
+        core.register(self.adapter)
+        self.http = HttpServer(build_http_app(core), "127.0.0.1", port)
+        for method, path, handler in self.adapter.routes():
+            self.http.add_route(method, path, handler)
+
+
+class Browser:
+    """One person's cookie jar."""
+
+    def __init__(self) -> None:
+        self.http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+        self.csrf = ""
+
+    async def get(self, url: str, status: int = 200) -> str:
+        async with self.http.get(url) as resp:
+            body = await resp.text()
+            assert resp.status == status, (url, resp.status, body)
+        if found := CSRF.search(body):
+            self.csrf = found.group(1)
+        return body
+
+    async def post(self, url: str, data: dict[str, str], status: int = 200) -> str:
+        async with self.http.post(url, data={"csrf": self.csrf, **data}) as resp:
+            body = await resp.text()
+            assert resp.status == status, (url, resp.status, body)
+            return body
+
+
+@pytest.fixture
+def web_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+async def served(make_core: Any, fake_llm: FakeLLM, web_port: int) -> AsyncIterator[tuple[Core, str]]:
+    base = f"http://127.0.0.1:{web_port}"
+    core = await make_core(model="openai/fake-model", llm_api_base=fake_llm.api_base, llm_api_key="sk-test",
+                           public_url=base)
+    web = Web(core, web_port)
+    await web.adapter.ensure_indexes()
+    await web.http.start()
+    yield core, base
+    await web.adapter.stop()
+    await web.http.stop()
+
+
+async def test_telegram_dashboard_links_open_only_their_own_page_and_channels(
+    served: tuple[Core, str], fake_llm: FakeLLM, telegram: FakeTelegram, make_core: Any
+) -> None:
+    core, base = served
+    bot = Running(make_core, fake_llm, telegram)
+    bot.core = core
+    await bot.start()
+    try:
+        await _telegram_flow(core, base, telegram)
+    finally:
+        await bot.stop_all()
+
+
+async def _telegram_flow(core: Core, base: str, telegram: FakeTelegram) -> None:
+    group_key = f"telegram:{GROUP['id']}"
+    telegram.member_status[(GROUP["id"], ALICE["id"])] = "administrator"
+    telegram.push(telegram.message(GROUP, ALICE, "I host the book club on Fridays."))
+    telegram.push(telegram.message(private_chat(ALICE), ALICE, "My locker code is 4817."))
+    telegram.push(telegram.message(private_chat(BOB), BOB, "My bike lock combination is 2290."))
+    await eventually(lambda: len(telegram.sent_messages(ALICE["id"])) and len(telegram.sent_messages(BOB["id"])),
+                     what="answers to the DMs")
+    for person in (ALICE, BOB):
+        telegram.push(telegram.message(GROUP, person, "/dashboard"))
+    links = {}
+    for person in (ALICE, BOB):
+        text = await eventually(lambda p=person: next(
+            (visible(c) for c in telegram.sent_messages(p["id"]) if "login?token=" in visible(c)), None),
+            what=f"{person['first_name']}'s link in a DM")
+        assert "works once" in text and "15 minutes" in text
+        links[person["id"]] = LINK.search(text).group(1)  # type: ignore[union-attr]
+    assert not any("login?token=" in visible(c) for c in telegram.sent_messages(GROUP["id"]))  # never in the group
+
+    alice_dm = await core.store.messages.find_one({"author_key": f"telegram:{ALICE['id']}", "is_dm": True})
+    alice_group = await core.store.messages.find_one({"author_key": f"telegram:{ALICE['id']}", "text": {"$regex": "Fridays"}})
+    assert alice_dm and alice_group
+    alice, bob = Browser(), Browser()
+    try:
+        # Alice: her own memories from her DM and the group, and her group's settings.
+        async with alice.http.get(links[ALICE["id"]]) as resp:
+            assert resp.status == 200
+            cookie = resp.headers["Set-Cookie"]
+            assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        mine = await alice.get(f"{base}/me")
+        assert "4817" in mine and "Fridays" in mine and "2290" not in mine
+        channels = await alice.get(f"{base}/admin")
+        assert "Book club" in channels and f'value="{group_key}"' in channels
+        saved = await alice.post(f"{base}/admin/settings", {"conversation": group_key, "respond_to": "all"})
+        assert "respond_to: mentions -&gt; all" in saved
+        assert f"telegram:{ALICE['id']}" in saved.split('id="audit-h"')[1]  # who, in the audit log
+        assert (await core.settings.get(group_key)).respond_to == "all"
+
+        # Bob: only his own data; Alice's DM is not reachable, her group's settings refused.
+        await bob.get(links[BOB["id"]])
+        his = await bob.get(f"{base}/me")
+        assert "2290" in his and "4817" not in his and "Fridays" not in his
+        refused = await bob.get(f"{base}/message/{alice_dm['_id']}", status=404)
+        assert "4817" not in refused
+        assert "Fridays" in await bob.get(f"{base}/message/{alice_group['_id']}")  # his group, in context
+        assert f'value="{group_key}"' not in await bob.get(f"{base}/admin")
+        await bob.post(f"{base}/admin/settings", {"conversation": group_key, "respond_to": "off"}, status=403)
+        assert (await core.settings.get(group_key)).respond_to == "all"
+        await bob.get(f"{base}/chat", status=403)  # chat is the web platform's DM
+        gone = await bob.post(f"{base}/me/forget", {"id": alice_dm["_id"]})
+        assert "Not found" in gone
+        assert await core.store.messages.find_one({"_id": alice_dm["_id"]}) is not None
+
+        # The link worked once.
+        await Browser().get(links[ALICE["id"]], status=403)
+
+        # Alice exports (the /export JSON), forgets her DM message, opts out.
+        async with alice.http.get(f"{base}/me/export") as resp:
+            assert "attachment" in resp.headers["Content-Disposition"]
+            exported = json.loads(await resp.read())
+        assert any("4817" in m["text"] for m in exported["messages"])
+        done = await alice.post(f"{base}/me/forget", {"id": alice_dm["_id"]})
+        assert "Forgot 1 item" in done and "4817" not in done
+        assert await core.store.messages.find_one({"_id": alice_dm["_id"]}) is None
+        await alice.post(f"{base}/me/optout", {"choice": "optout"})
+        assert (await core.store.get_user(f"telegram:{ALICE['id']}"))["opted_out"] is True
+    finally:
+        await asyncio.gather(alice.http.close(), bob.http.close())
+
+
+def test_dashboard_without_a_public_url_says_it_is_not_configured(base_env: dict[str, str]) -> None:
+    out = run_chat(["/dashboard", "/help"], base_env, "--user", "sam")
+    assert out.returncode == 0, out.stderr
+    assert "dashboard isn't configured" in out.stdout and "MNEMO_PUBLIC_URL" in out.stdout
+    assert "/dashboard" in out.stdout.split("isn't configured")[1]  # listed by /help
+    assert "login?token=" not in out.stdout
