@@ -8,7 +8,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
+import subprocess
+import sys
+import urllib.request
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -17,7 +22,7 @@ import pytest
 from adapters.web import WebAdapter
 from bot.http import HttpServer, build_http_app
 from core.engine import Core
-from tests.conftest import run_chat
+from tests.conftest import REPO, run_chat
 from tests.fakes.llm import FakeLLM
 from tests.fakes.telegram import FakeTelegram, private_chat
 from tests.test_slack import free_port
@@ -169,3 +174,102 @@ def test_dashboard_without_a_public_url_says_it_is_not_configured(base_env: dict
     assert "dashboard isn't configured" in out.stdout and "MNEMO_PUBLIC_URL" in out.stdout
     assert "/dashboard" in out.stdout.split("isn't configured")[1]  # listed by /help
     assert "login?token=" not in out.stdout
+
+
+async def test_discord_dashboard_is_ephemeral_and_manage_channels_admins_get_the_channel(
+    served: tuple[Core, str],
+) -> None:
+    from adapters.discord import DiscordAdapter
+    from tests.fakes.discord import ALICE as D_ALICE
+    from tests.fakes.discord import BOB as D_BOB
+    from tests.fakes.discord import CHANNEL_ID, EPHEMERAL, FakeDiscord
+
+    core, base = served
+    fake = FakeDiscord().start()
+    adapter = DiscordAdapter(core, token=fake.token, api_base=fake.api_base)
+    core.register(adapter)
+    task = asyncio.create_task(adapter.run())
+    alice, bob = Browser(), Browser()
+    try:
+        await fake.until(lambda: fake.ready or task.done(), what="the bot to connect")
+        assert "dashboard" in {c["name"] for c in fake.commands or []}
+        fake.dispatch("MESSAGE_CREATE", fake.message("The standup moved to 9:45.", author=D_ALICE))
+        await fake.until(lambda: core.runner.pending == 0, what="the message to be stored")
+        for person in (D_ALICE, D_BOB):
+            fake.dispatch("INTERACTION_CREATE", fake.interaction("dashboard", author=person))
+        await fake.until(lambda: len(fake.followups) == 2, what="two /dashboard answers")
+        assert all(f["flags"] & EPHEMERAL for f in fake.followups) and fake.sent == []
+        links = [LINK.search(f["content"]).group(1) for f in fake.followups]  # type: ignore[union-attr]
+        channel_key = f"discord:{CHANNEL_ID}"
+        for browser, link in zip((alice, bob), links, strict=True):
+            await browser.get(link)
+        pages = {}
+        for browser in (alice, bob):
+            me = await browser.get(f"{base}/me")
+            pages[(await browser.get(f"{base}/admin")).count(f'value="{channel_key}"'), "standup" in me] = browser
+        # Bob has Manage Channels: the channel is his to edit; Alice (who said it) sees her memory.
+        assert set(pages) == {(0, True), (1, False)}
+        await pages[1, False].post(f"{base}/admin/settings", {"conversation": channel_key, "mode": "reasoning"})
+        await pages[0, True].post(f"{base}/admin/settings", {"conversation": channel_key, "mode": "fast"}, status=403)
+        assert (await core.settings.get(channel_key)).mode == "reasoning"
+    finally:
+        await asyncio.gather(alice.http.close(), bob.http.close())
+        await adapter.stop()
+        await asyncio.wait_for(task, 15)
+        fake.stop()
+
+
+def test_mnemo_run_serves_the_dashboard_for_slack_slash_command(
+    base_env: dict[str, str], tmp_path: Path,
+) -> None:
+    from tests.fakes.slack import FakeSlack, channel_message, event_callback, sign, slash_form
+    from tests.test_slack import SECRET, _post_sync, _wait_sync
+
+    fake = FakeSlack().start()
+    fake.add_user("U0ALICE", "Alice")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**base_env, "SLACK_BOT_TOKEN": fake.bot_token, "SLACK_SIGNING_SECRET": SECRET,
+           "SLACK_API_BASE": fake.api_base, "MNEMO_HTTP_PORT": str(port), "MNEMO_PUBLIC_URL": base}
+    log_path = tmp_path / "mnemo.log"
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "run"], env=env, cwd=str(REPO),
+                                stdout=log_file, stderr=subprocess.STDOUT, text=True)
+    try:
+        def served_page() -> bool:
+            try:
+                with urllib.request.urlopen(f"{base}/", timeout=2) as response:
+                    return response.status == 200 and "Content-Security-Policy" in response.headers
+            except OSError:
+                return False
+
+        _wait_sync(served_page, 180, proc)
+        said = json.dumps(event_callback(channel_message("C0GENERAL", "U0ALICE", "Deploys freeze on Fridays.")))
+        assert _post_sync(f"{base}/slack/events", said, {"Content-Type": "application/json", **sign(SECRET, said)}) == 200
+        form = slash_form("dashboard", user="U0ALICE", channel="C0GENERAL", response_url=f"{fake.url}/response/1")
+        headers = {"Content-Type": "application/x-www-form-urlencoded", **sign(SECRET, form)}
+        assert _post_sync(f"{base}/slack/events", form, headers) == 200
+        private = _wait_sync(lambda: [c for c in fake.calls_to("chat.postEphemeral") if "login?token=" in c.args["text"]],
+                             60, proc)
+        assert private[0].args["user"] == "U0ALICE" and fake.posts() == []
+        link = LINK.search(private[0].args["text"]).group(1)  # type: ignore[union-attr]
+
+        async def visit() -> str:
+            browser = Browser()
+            try:
+                await browser.get(link)
+                return await browser.get(f"{base}/me")
+            finally:
+                await browser.http.close()
+
+        assert "Deploys freeze on Fridays." in asyncio.run(visit())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        fake.stop()
+    assert proc.returncode == 0, log_path.read_text()
+    assert "Fridays" not in log_path.read_text()  # no message content in the logs
