@@ -122,11 +122,16 @@ async def _telegram_flow(core: Core, base: str, telegram: FakeTelegram) -> None:
     assert alice_dm and alice_group
     alice, bob = Browser(), Browser()
     try:
+        # A chat app's link preview doesn't use the link up.
+        preview_agent = {"User-Agent": "TelegramBot (like TwitterBot)"}
+        async with aiohttp.ClientSession(headers=preview_agent) as preview, preview.get(links[ALICE["id"]]) as resp:
+            assert resp.status == 200 and "Set-Cookie" not in resp.headers
         # Alice: her own memories from her DM and the group, and her group's settings.
         async with alice.http.get(links[ALICE["id"]]) as resp:
             assert resp.status == 200
             cookie = resp.headers["Set-Cookie"]
             assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+            assert "4817" in await resp.text()  # her page, at once
         mine = await alice.get(f"{base}/me")
         assert "4817" in mine and "Fridays" in mine and "2290" not in mine
         channels = await alice.get(f"{base}/admin")
@@ -164,6 +169,8 @@ async def _telegram_flow(core: Core, base: str, telegram: FakeTelegram) -> None:
         assert await core.store.messages.find_one({"_id": alice_dm["_id"]}) is None
         await alice.post(f"{base}/me/optout", {"choice": "optout"})
         assert (await core.store.get_user(f"telegram:{ALICE['id']}"))["opted_out"] is True
+        await alice.post(f"{base}/logout", {})
+        await alice.get(f"{base}/me", status=401)
     finally:
         await asyncio.gather(alice.http.close(), bob.http.close())
 

@@ -75,7 +75,7 @@ class WebAdapter:
         core = self.core
         return [
             ("GET", "/", self._home),
-            ("GET", "/login", login_route(core)),
+            ("GET", "/login", login_route(core, self._landing)),
             ("POST", "/logout", guard_post(core, logout_handler(core))),
             ("GET", "/static/{name}", self._static),
             ("GET", "/chat", guard_get(core, self._chat)),
@@ -89,6 +89,11 @@ class WebAdapter:
             ("GET", "/admin", guard_get(core, self._admin)),
             ("POST", "/admin/settings", guard_post(core, self._admin_post)),
         ]
+
+    async def _landing(self, session: WebSession) -> web.Response:
+        if session.platform == "web":
+            return await chat.chat_page(self.core, session, refresh_to="/chat")
+        return await people.people_page(self.core, session, {}, refresh_to="/me")
 
     async def _home(self, request: web.Request) -> web.StreamResponse:
         session = await session_of(self.core, request)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from adapters.web.html import e, error_page, page, secure
+from adapters.web.html import error_page, page, secure
 from core.web_links import SESSION_TTL, WebSession, end_session, find_session, redeem_link
 
 if TYPE_CHECKING:
@@ -23,6 +23,7 @@ COOKIE = "mnemo_session"
 _PREVIEW_AGENTS = ("telegrambot", "slackbot", "discordbot", "twitterbot", "facebookexternalhit", "whatsapp")
 
 Page = Callable[[web.Request, WebSession], Awaitable[web.StreamResponse]]
+Landing = Callable[[WebSession], Awaitable[web.Response]]
 Form = Callable[[web.Request, WebSession, Any], Awaitable[web.StreamResponse]]
 
 NOT_LOGGED_IN = (
@@ -60,7 +61,11 @@ def guard_post(core: Core, handler: Form) -> Callable[[web.Request], Awaitable[w
     return route
 
 
-def login_route(core: Core) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def login_route(core: Core, landing: Landing) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """`/login?token=…`: answers with the person's first page (chat, or their data) and moves
+    the address on to it. Not a redirect: after a link opened from another site (a chat app),
+    browsers send a SameSite=Strict cookie only on a navigation started by this site."""
+
     async def login(request: web.Request) -> web.StreamResponse:
         token = request.query.get("token", "")
         agent = request.headers.get("User-Agent", "").lower()
@@ -74,13 +79,7 @@ def login_route(core: Core) -> Callable[[web.Request], Awaitable[web.StreamRespo
                 "Send /dashboard to Mnemo for a new one.",
             )
         cookie, session = redeemed
-        # A page that moves on by itself rather than a redirect: after a link opened from
-        # another site, the browser only sends a SameSite=Strict cookie on a same-site navigation.
-        target = "/chat" if session.platform == "web" else "/me"
-        response = page(
-            "Logged in", f'<h1>Welcome, {e(session.name)}</h1><p><a href="{target}">Continue</a></p>',
-            session, refresh_to=target,
-        )
+        response = await landing(session)
         response.set_cookie(
             COOKIE, cookie, max_age=int(SESSION_TTL.total_seconds()), path="/", httponly=True, samesite="Strict",
             secure=(core.config.public_url or "").startswith("https://"),

@@ -30,7 +30,8 @@ def source_href(memory_id: str) -> str:
     return f"/message/{memory_id}"
 
 
-async def chat_page(core: Core, session: WebSession, error: str | None = None, draft: str = "") -> web.Response:
+async def chat_page(core: Core, session: WebSession, error: str | None = None, draft: str = "",
+                    refresh_to: str | None = None) -> web.Response:
     key = f"web:{conversation_id(session)}"
     cursor = core.store.messages.find({"conversation_key": key, "scope": session.dm_scope.key}).sort("ts", -1)
     messages = [doc async for doc in cursor.limit(HISTORY)]
@@ -60,7 +61,7 @@ async def chat_page(core: Core, session: WebSession, error: str | None = None, d
 <p class="hint" id="composer-hint">Enter sends; Shift+Enter starts a new line. Commands work too: /memory, /settings, /help.</p>
 <div class="actions"><button type="submit">Send</button><span id="status" role="status" aria-live="polite"></span></div>
 </form>"""
-    return page("Chat", body, session, current="/chat", script=True)
+    return page("Chat", body, session, current="/chat", script=True, refresh_to=refresh_to)
 
 
 def _reply_item(reply: dict[str, Any], originals: dict[str, dict[str, Any]]) -> str:

@@ -48,7 +48,7 @@ def _search(q: str, fields: tuple[str, ...]) -> dict[str, Any]:
 
 
 async def people_page(core: Core, session: WebSession, query: dict[str, str], message: str | None = None,
-                      error: bool = False) -> web.Response:
+                      error: bool = False, refresh_to: str | None = None) -> web.Response:
     q = query.get("q", "").strip()[:200]
     page_no = int(query["page"]) if query.get("page", "").isdigit() and int(query["page"]) > 0 else 1
     mine: dict[str, Any] = {"author_key": session.user_key, "remembered": True, "kind": {"$in": ["told", None]}}
@@ -68,7 +68,7 @@ async def people_page(core: Core, session: WebSession, query: dict[str, str], me
         '<div class="actions"><button type="submit" class="danger">Forget selected</button></div></form>'
         f"{_data_section(session, bool(user.get('opted_out')))}"
     )
-    return page("My data", body, session, current="/me", script=True)
+    return page("My data", body, session, current="/me", script=True, refresh_to=refresh_to)
 
 
 async def _facts(core: Core, session: WebSession, q: str) -> list[dict[str, Any]]:
