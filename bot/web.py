@@ -35,7 +35,12 @@ async def run_web(settings: Settings, port: int) -> int:
         for method, path, handler in adapter.routes():
             http.add_route(method, path, handler)
         await adapter.ensure_indexes()
-        await http.start()
+        try:
+            await http.start()
+        except OSError as exc:
+            print(f"mnemo: cannot serve on {HOST}:{port} ({exc.strerror}); choose another with --port",
+                  file=sys.stderr)
+            return 1
         name = operator_name()
         link = await create_link(core, "web", name, name, operator=True, dm_conversation=f"web:dm-{name}",
                                  base_url=local_url)

@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 from pymongo import MongoClient
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_chat
 from tests.fakes.llm import FakeLLM
 
 SCREENS = Path(os.environ.get("MNEMO_WEB_SCREENS", "/work/wt/web-screens"))
@@ -126,7 +126,7 @@ def shot(driver: Any, tmp_path: Path, name: str, keep: bool = False) -> Path:
 
 
 def test_operator_chats_with_citations_and_manages_memory_in_a_browser(
-    mnemo_web: WebProcess, browser: Any, tmp_path: Path, mongo_uri: str, db_name: str
+    mnemo_web: WebProcess, browser: Any, tmp_path: Path, mongo_uri: str, db_name: str, base_env: dict[str, str]
 ) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
@@ -209,6 +209,17 @@ def test_operator_chats_with_citations_and_manages_memory_in_a_browser(
     assert "Invalid value for retention_days" in error.text
     assert "Health" in driver.page_source and "Queue depth" in driver.page_source
     shot(driver, tmp_path, "admin")
+
+    # Another person's message (Mallory on the console, same database) is not reachable.
+    other_env = {**base_env, "MNEMO_DATA_DIR": str(tmp_path / "other")}
+    assert run_chat(["My passport number is X1234567."], other_env, "--user", "mallory").returncode == 0
+    with MongoClient(mongo_uri) as client:
+        theirs = client[db_name]["messages"].find_one({"author_key": "console:mallory"})
+    driver.get(f"{base}/message/{theirs['_id']}")
+    assert "isn't yours to see" in driver.find_element(By.CSS_SELECTOR, ".notice.error").text
+    assert "X1234567" not in driver.page_source
+    driver.get(f"{base}/me?q=passport")
+    assert "X1234567" not in driver.page_source
 
     asyncio.run(_security_checks(mnemo_web, cookie["value"]))
 

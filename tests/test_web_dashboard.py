@@ -280,3 +280,31 @@ def test_mnemo_run_serves_the_dashboard_for_slack_slash_command(
         fake.stop()
     assert proc.returncode == 0, log_path.read_text()
     assert "Fridays" not in log_path.read_text()  # no message content in the logs
+
+
+async def test_links_are_stored_hashed_and_refused_after_15_minutes(served: tuple[Core, str]) -> None:
+    from datetime import timedelta
+
+    from core.models import utcnow
+    from core.web_links import create_link, token_hash
+
+    core, _ = served
+    fresh, stale = [await create_link(core, "web", "sam", "sam") for _ in range(2)]
+    links = core.store.db["web_links"]
+    for url in (fresh, stale):
+        token = url.split("token=", 1)[1]
+        stored = await links.find_one({"_id": token_hash(token)})
+        assert stored is not None and token not in str(stored)  # only the hash is kept
+        assert timedelta(minutes=14) < stored["expires_at"] - utcnow() <= timedelta(minutes=15)
+    # Sixteen minutes later (the clock moved on, as far as the stored expiry is concerned):
+    stale_token = stale.split("token=", 1)[1]
+    await links.update_one({"_id": token_hash(stale_token)}, {"$set": {"expires_at": utcnow() - timedelta(minutes=1)}})
+    browser = Browser()
+    try:
+        assert "expired or was already used" in await browser.get(stale, status=403)
+        await browser.get(fresh)
+        sessions = [doc async for doc in core.store.db["web_sessions"].find({})]
+        cookie = next(c.value for c in browser.http.cookie_jar if c.key == "mnemo_session")
+        assert [s["_id"] for s in sessions] == [token_hash(cookie)]
+    finally:
+        await browser.http.close()

@@ -110,11 +110,18 @@ def error_page(status: int, title: str, text: str, session: WebSession | None = 
 
 
 _MARKER = re.compile(r"\[(\d+)\]")
+_URL = re.compile(r"\bhttps?://[^\s<>\"']+[^\s<>\"'.,;:!?)\]]")
+
+
+def linkify(escaped: str) -> str:
+    """Links for the web addresses in already-escaped text (a /dashboard link, say)."""
+    return _URL.sub(lambda m: f'<a href="{m.group(0)}" rel="noopener noreferrer">{m.group(0)}</a>', escaped)
 
 
 def cited_text(text: str, links: dict[int, str]) -> str:
-    """Escape a reply and turn each `[n]` with a known source into a link to it."""
-    escaped = e(text)
+    """Escape a reply, link its web addresses, and turn each `[n]` with a known source into a
+    link to it."""
+    escaped = linkify(e(text))
 
     def link(match: re.Match[str]) -> str:
         href = links.get(int(match.group(1)))

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from adapters.web.auth import readable_scope_keys
 from adapters.web.chat import source_href
 from adapters.web.html import csrf_field, e, notice, page, when
 from core import commands
@@ -72,14 +73,16 @@ async def people_page(core: Core, session: WebSession, query: dict[str, str], me
 
 
 async def _facts(core: Core, session: WebSession, q: str) -> list[dict[str, Any]]:
-    """Facts about this person (the learning issue's `facts` schema); none until it runs."""
-    query: dict[str, Any] = {"about_key": session.user_key}
+    """Facts about this person (the learning issue's `facts` schema); none until it runs.
+    Only from scopes they may read: what someone said about them in their own DM stays there."""
+    readable = sorted(await readable_scope_keys(core, session))
+    query: dict[str, Any] = {"about_key": session.user_key, "scope": {"$in": readable}}
     if q:
         query = {"$and": [query, _search(q, ("text",))]}
     facts = [doc async for doc in core.store.db["facts"].find(query).sort("valid_from", -1).limit(200)]
     source_ids = sorted({s for f in facts for s in f.get("sources") or []})
     sources = {d["_id"]: d async for d in core.store.messages.find(
-        {"_id": {"$in": source_ids}, "author_key": session.user_key}, {"text": 1, "ts": 1, "link": 1, "author_name": 1})}
+        {"_id": {"$in": source_ids}, "scope": {"$in": readable}}, {"text": 1, "ts": 1, "link": 1, "author_name": 1})}
     for fact in facts:
         fact["_sources"] = [sources[s] for s in fact.get("sources") or [] if s in sources]
     facts.sort(key=lambda f: f.get("status") != "current")  # current first, then history
