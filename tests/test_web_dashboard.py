@@ -13,6 +13,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,17 @@ async def _telegram_flow(core: Core, base: str, telegram: FakeTelegram) -> None:
     alice_dm = await core.store.messages.find_one({"author_key": f"telegram:{ALICE['id']}", "is_dm": True})
     alice_group = await core.store.messages.find_one({"author_key": f"telegram:{ALICE['id']}", "text": {"$regex": "Fridays"}})
     assert alice_dm and alice_group
+    # Facts about Alice (the learning issue's schema): one learned in the group, one that Bob
+    # told Mnemo in his own DM, which must stay there.
+    now = datetime.now(UTC)
+    fact = {"about": "Alice", "about_key": f"telegram:{ALICE['id']}", "valid_from": now, "valid_until": None,
+            "superseded_by": None, "status": "current", "created_at": now}
+    await core.store.db["facts"].insert_many([
+        {**fact, "_id": "Fgroup1", "text": "Alice hosts the book club", "scope": f"group:telegram:{GROUP['id']}",
+         "conversation_key": group_key, "sources": [alice_group["_id"]]},
+        {**fact, "_id": "Fbobdm1", "text": "Alice is planning a surprise party", "scope": f"dm:telegram:{BOB['id']}",
+         "conversation_key": f"telegram:{BOB['id']}", "sources": []},
+    ])
     alice, bob = Browser(), Browser()
     try:
         # A chat app's link preview doesn't use the link up.
@@ -134,6 +146,7 @@ async def _telegram_flow(core: Core, base: str, telegram: FakeTelegram) -> None:
             assert "4817" in await resp.text()  # her page, at once
         mine = await alice.get(f"{base}/me")
         assert "4817" in mine and "Fridays" in mine and "2290" not in mine
+        assert "Alice hosts the book club" in mine and "surprise party" not in mine
         channels = await alice.get(f"{base}/admin")
         assert "Book club" in channels and f'value="{group_key}"' in channels
         saved = await alice.post(f"{base}/admin/settings", {"conversation": group_key, "respond_to": "all"})
