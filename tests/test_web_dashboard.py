@@ -321,3 +321,45 @@ async def test_links_are_stored_hashed_and_refused_after_15_minutes(served: tupl
         assert [s["_id"] for s in sessions] == [token_hash(cookie)]
     finally:
         await browser.http.close()
+
+
+async def test_people_page_pages_searches_and_forgets_several_or_all(served: tuple[Core, str]) -> None:
+    from datetime import timedelta
+
+    from core.models import Message
+    from core.web_links import create_link
+
+    core, base = served
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    said = [
+        Message(platform="web", conversation_id="dm-sam", message_id=f"h{n}", author_id="sam", author_name="sam",
+                text=f"Note {n:02d}: the {'red' if n % 2 else 'blue'} folder (v1.2+)", is_dm=True,
+                ts=start + timedelta(minutes=n))
+        for n in range(25)
+    ]
+    assert await core.ingest_history([(m, []) for m in said]) == 25
+    browser = Browser()
+    try:
+        await browser.get(await create_link(core, "web", "sam", "sam", dm_conversation="web:dm-sam"))
+        first = await browser.get(f"{base}/me")
+        assert "(25)" in first and first.count('name="id"') == 20 and "Page 1 of 2" in first
+        assert "Note 24" in first and "Note 04" not in first  # newest first
+        second = await browser.get(f"{base}/me?page=2")
+        assert second.count('name="id"') == 5 and "Note 00" in second and 'rel="prev"' in second
+        # Search is literal (no pattern syntax), case-insensitive.
+        found = await browser.get(f"{base}/me?q=RED+folder+(v1.2%2B)")
+        assert found.count('name="id"') == 12 and "blue" not in found
+        assert "Nothing matches" in await browser.get(f"{base}/me?q=.*")
+
+        ids = [d["_id"] async for d in core.store.messages.find({"author_key": "web:sam"}).sort("ts", 1).limit(2)]
+        several = await browser.http.post(f"{base}/me/forget", data=[("csrf", browser.csrf), ("id", ids[0]),
+                                                                      ("id", ids[1])])
+        assert "Forgot 2 items" in await several.text()
+        assert await core.store.messages.count_documents({"author_key": "web:sam"}) == 23
+        refused = await browser.post(f"{base}/me/forget-all", {})
+        assert "confirm" in refused and await core.store.messages.count_documents({"author_key": "web:sam"}) == 23
+        everything = await browser.post(f"{base}/me/forget-all", {"confirm": "yes"})
+        assert "forgot everything" in everything and "(0)" in everything
+        assert await core.store.messages.count_documents({"author_key": "web:sam"}) == 0
+    finally:
+        await browser.http.close()
