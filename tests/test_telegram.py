@@ -395,7 +395,7 @@ async def test_commands_are_registered_on_start(bot: Running, telegram: FakeTele
     await bot.start()
     [registered] = await eventually(lambda: telegram.calls_to("setMyCommands"), what="setMyCommands")
     names = [c["command"] for c in registered.params["commands"]]
-    assert names == ["start", "help", "ask", "memory", "forget", "export", "settings"]
+    assert names == ["start", "help", "ask", "memory", "forget", "export", "settings", "dashboard"]
     assert telegram.calls_to("deleteWebhook")  # polling mode clears a leftover webhook first
 
 

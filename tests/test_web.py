@@ -208,7 +208,7 @@ def test_operator_chats_with_citations_and_manages_memory_in_a_browser(
     error = wait_for(lambda: driver.find_element(By.CSS_SELECTOR, ".notice.error"), what="validation error")
     assert "Invalid value for retention_days" in error.text
     assert "Health" in driver.page_source and "Queue depth" in driver.page_source
-    shot(driver, tmp_path, "admin")
+    shot(driver, tmp_path, "admin", keep=True)
 
     # Another person's message (Mallory on the console, same database) is not reachable.
     other_env = {**base_env, "MNEMO_DATA_DIR": str(tmp_path / "other")}

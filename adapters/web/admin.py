@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -33,7 +33,7 @@ class RecentErrors(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            moment = datetime.fromtimestamp(record.created).astimezone()
+            moment = datetime.fromtimestamp(record.created, tz=UTC)
             self.records.append((moment, record.levelname, f"{record.name}: {record.getMessage()}"[:300]))
         except Exception:  # noqa: BLE001 - logging must never raise
             self.handleError(record)
@@ -45,8 +45,7 @@ async def channels_of(core: Core, session: WebSession) -> list[str]:
         keys.add(session.dm_conversation)
     if session.operator:
         keys.add(f"web:dm-{session.author_id}")
-        async for doc in core.store.messages.find({"platform": "web"}, {"conversation_key": 1}):
-            keys.add(doc["conversation_key"])
+        keys.update(await core.store.messages.distinct("conversation_key", {"platform": "web"}))
         async for doc in core.store.conversations.find({"_id": {"$regex": "^web:"}}, {"_id": 1}):
             keys.add(doc["_id"])
     return sorted(keys)

@@ -106,8 +106,7 @@ async def readable_scope_keys(core: Core, session: WebSession) -> set[str]:
     for conversation_key in session.admin_of:
         platform, _, conversation_id = conversation_key.partition(":")
         keys.add(f"group:{platform}:{conversation_id}")
-    async for doc in core.store.messages.find({"author_key": session.user_key, "is_dm": False}, {"scope": 1}):
-        keys.add(doc["scope"])
+    keys.update(await core.store.messages.distinct("scope", {"author_key": session.user_key, "is_dm": False}))
     return keys
 
 
