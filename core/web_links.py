@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 
 LINK_TTL = timedelta(minutes=15)
 SESSION_TTL = timedelta(hours=8)
+# Admin-ness is asked of the platform when /dashboard is sent in a group; a link made elsewhere
+# trusts that answer for a week (a revoked admin loses the page within a week, or at once by
+# sending /dashboard in the group again).
+ADMIN_RECORD_TTL = timedelta(days=7)
 NOT_CONFIGURED = (
     "The dashboard isn't configured on this server (MNEMO_PUBLIC_URL is not set). "
     "/memory, /forget and /export work here in chat."
@@ -136,7 +140,8 @@ async def admin_channels(core: Core, message: Message, platform: Platform) -> li
                 "title": message.conversation_title, "recorded_at": utcnow()}}, upsert=True)
         else:
             await admins.delete_one(record)
-    return [doc["conversation_key"] async for doc in admins.find({"user_key": message.user_key})]
+    recent = {"user_key": message.user_key, "recorded_at": {"$gt": utcnow() - ADMIN_RECORD_TTL}}
+    return [doc["conversation_key"] async for doc in admins.find(recent)]
 
 
 async def channel_titles(core: Core, conversation_keys: list[str]) -> dict[str, str]:

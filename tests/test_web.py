@@ -186,6 +186,9 @@ def test_operator_chats_with_citations_and_manages_memory_in_a_browser(
     again = say(driver, "What is my locker code?")
     assert "4817" not in again.text
     assert source_id not in driver.page_source
+    # /dashboard in the web chat: a fresh one-time link back here, as a link.
+    link = say(driver, "/dashboard").find_element(By.CSS_SELECTOR, "a[href*='/login?token=']")
+    assert link.get_attribute("href").startswith(f"{base}/login?token=")
     driver.set_window_size(390, 844)  # a phone: nothing wider than the screen
     assert driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
     shot(driver, tmp_path, "chat-phone", keep=True)
