@@ -52,7 +52,7 @@ async def people_page(core: Core, session: WebSession, query: dict[str, str], me
                       error: bool = False, refresh_to: str | None = None) -> web.Response:
     q = query.get("q", "").strip()[:200]
     page_no = int(query["page"]) if query.get("page", "").isdigit() and int(query["page"]) > 0 else 1
-    mine: dict[str, Any] = {"author_key": session.user_key, "remembered": True, "kind": {"$in": ["told", None]}}
+    mine: dict[str, Any] = {"author_key": session.user_key, **commands.MEMORIES}  # what /memory lists
     if q:
         mine = {"$and": [mine, _search(q, ("text", "media_text"))]}
     total = await core.store.messages.count_documents(mine)
