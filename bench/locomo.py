@@ -1,6 +1,6 @@
 """LoCoMo retrieval benchmark through the production memory path.
 
-    python bench/locomo.py --data ../shared/data/locomo-dev.json [--limit N] [--k 10]
+    python bench/locomo.py --data ../shared/data/locomo-dev.json [--limit N] [--k 10] [--foreign] [--no-cutoff]
 
 For each conversation: a real Core on real stores (embedded SecantusDB + Chroma
 PersistentClient in a temp dir) imports every turn as a message of one group conversation
@@ -8,6 +8,12 @@ PersistentClient in a temp dir) imports every turn as a message of one group con
 the image's description). Then each question of categories 1-4 is asked the way a reply
 recalls memories (`Core.recall`, query time after the last session) and the top k are scored
 against the evidence turns: Recall@5, Recall@10, MRR, overall and per category.
+
+The relevance cut-off (a question with nothing relevant gets no memories) is on, as in the
+product; `--no-cutoff` ranks without it. `--foreign` measures the cut-off: each conversation is
+also asked the other conversations' questions, which must get nothing (`foreign_abstained`:
+the share that did), and its own are asked with and without the cut-off (`recall@10`,
+`recall@10_no_cutoff`).
 
 Progress goes to stderr; the last stdout line is one JSON object with the figures.
 """
@@ -207,73 +213,127 @@ async def bench_core(name: str) -> AsyncIterator[Any]:
             server.stop()
 
 
-async def run(data: Path, limit: int | None, k: int) -> dict[str, Any]:
+@dataclass
+class Loaded:
+    """One conversation in memory: where it lives and how its memories map to LoCoMo turns."""
+
+    sample: Sample
+    scope: Any
+    turn_of: dict[str, str]  # memory id -> dia_id
+    asked_at: datetime  # a day after the last session
+
+    def questions(self) -> list[tuple[int, str, set[str]]]:
+        """(category, question, evidence turns) of categories 1-4 with evidence in memory."""
+        valid = set(self.turn_of.values())
+        found = []
+        for qa in self.sample.questions:
+            category = qa.get("category")
+            if category not in CATEGORIES:
+                continue
+            evidence = {e for e in normalize_evidence(qa.get("evidence", [])) if e in valid}
+            if evidence:
+                found.append((category, str(qa["question"]), evidence))
+        return found
+
+
+@dataclass
+class Timings:
+    search_ms: list[float] = field(default_factory=list)
+    recall_ms: list[float] = field(default_factory=list)
+    search_cpu: float = 0.0
+    ingest_seconds: float = 0.0
+    ingest_cpu: float = 0.0
+    ingested: int = 0
+
+
+async def load(core: Any, sample: Sample, timings: Timings) -> Loaded:
+    started, cpu_started = time.perf_counter(), cpu_seconds()
+    stored = await core.ingest_history(sample.turns)
+    elapsed = time.perf_counter() - started
+    timings.ingest_cpu += cpu_seconds() - cpu_started
+    timings.ingest_seconds += elapsed
+    timings.ingested += stored
+    log(f"{sample.sample_id}: ingested {stored} turns in {elapsed:.1f}s ({stored / elapsed:.0f} msg/s)")
+    ids = {message.event_key: message.message_id for message, _ in sample.turns}
+    turn_of = {
+        doc["_id"]: ids[doc["key"]]
+        async for doc in core.store.messages.find(
+            {"conversation_key": f"{PLATFORM}:{sample.sample_id}"}, {"key": 1}
+        )
+    }
+    return Loaded(sample, sample.turns[0][0].scope, turn_of, sample.last_time + timedelta(days=1))
+
+
+async def ask(core: Any, loaded: Loaded, question: str, k: int, timings: Timings | None = None) -> list[str]:
+    """The LoCoMo turns a reply to `question`, asked in `loaded`'s conversation, would cite
+    (`Core.recall`, as the bot recalls); with `timings`, the bare search is timed too."""
+    message = Message(
+        platform=PLATFORM,
+        conversation_id=loaded.sample.sample_id,
+        message_id="question",  # never stored: only recalled for
+        author_id="asker",
+        author_name="asker",
+        text=question,
+        is_dm=False,
+        ts=loaded.asked_at,
+    )
+    if timings is not None:
+        t0, cpu0 = time.perf_counter(), cpu_seconds()
+        await core.index.search(loaded.scope, question, k, now=loaded.asked_at.timestamp())
+        timings.search_ms.append((time.perf_counter() - t0) * 1000)
+        timings.search_cpu += cpu_seconds() - cpu0
+    t0 = time.perf_counter()
+    sources = await core.recall(message, question, k)
+    if timings is not None:
+        timings.recall_ms.append((time.perf_counter() - t0) * 1000)
+    return [loaded.turn_of[s.memory_id] for s in sources if s.memory_id in loaded.turn_of]
+
+
+async def run(data: Path, limit: int | None, k: int, cutoff: bool = True, foreign: bool = False) -> dict[str, Any]:
+    """Each conversation's own questions (cut-off as given); with `foreign`, each conversation
+    is also asked every other conversation's questions (cut-off on), and the own questions are
+    asked both with the cut-off and without it."""
     samples = load_samples(data, limit)
     log(f"{len(samples)} conversations, {sum(len(s.turns) for s in samples)} turns")
     overall, per_category = Scores(), {c: Scores() for c in CATEGORIES}
-    search_ms: list[float] = []
-    recall_ms: list[float] = []
-    ingest_seconds = 0.0
-    ingest_cpu = 0.0
-    search_cpu = 0.0
-    ingested = 0
+    without_cutoff = Scores()
+    foreign_asked = foreign_abstained = 0
+    timings = Timings()
     async with bench_core("locomo") as core:
-        index = core.index
-        for sample in samples:
-            started, cpu_started = time.perf_counter(), cpu_seconds()
-            stored = await core.ingest_history(sample.turns)
-            elapsed = time.perf_counter() - started
-            ingest_cpu += cpu_seconds() - cpu_started
-            ingest_seconds += elapsed
-            ingested += stored
-            log(
-                f"{sample.sample_id}: ingested {stored} turns in {elapsed:.1f}s ({stored / elapsed:.0f} msg/s)"
-            )
-            ids = {message.event_key: message.message_id for message, _ in sample.turns}
-            by_memory = {
-                doc["_id"]: ids[doc["key"]]
-                async for doc in core.store.messages.find(
-                    {"conversation_key": f"{PLATFORM}:{sample.sample_id}"}, {"key": 1}
-                )
-            }
-            valid = set(by_memory.values())
-            asked_at = sample.last_time + timedelta(days=1)
-            scope = sample.turns[0][0].scope
+        loaded = [await load(core, sample, timings) for sample in samples]
+        for here in loaded:
+            core.index.relevance_cutoff = cutoff or foreign
             asked = 0
-            for n, qa in enumerate(sample.questions):
-                category = qa.get("category")
-                if category not in CATEGORIES:
-                    continue
-                evidence = {e for e in normalize_evidence(qa.get("evidence", [])) if e in valid}
-                if not evidence:
-                    continue
-                question = str(qa["question"])
-                message = Message(
-                    platform=PLATFORM,
-                    conversation_id=sample.sample_id,
-                    message_id=f"q{n}",
-                    author_id="asker",
-                    author_name="asker",
-                    text=question,
-                    is_dm=False,
-                    ts=asked_at,
-                )
-                t0, cpu0 = time.perf_counter(), cpu_seconds()
-                await index.search(scope, question, k, now=asked_at.timestamp())
-                search_ms.append((time.perf_counter() - t0) * 1000)
-                search_cpu += cpu_seconds() - cpu0
-                t0 = time.perf_counter()
-                sources = await core.recall(message, question, k)
-                recall_ms.append((time.perf_counter() - t0) * 1000)
-                ranked = [by_memory[s.memory_id] for s in sources if s.memory_id in by_memory]
+            for category, question, evidence in here.questions():
+                ranked = await ask(core, here, question, k, timings)
                 overall.add(ranked, evidence)
                 per_category[category].add(ranked, evidence)
                 asked += 1
-            log(f"{sample.sample_id}: {asked} questions; so far {overall.summary()}")
-    result: dict[str, Any] = overall.summary()
+                if foreign:
+                    core.index.relevance_cutoff = False
+                    without_cutoff.add(await ask(core, here, question, k), evidence)
+                    core.index.relevance_cutoff = True
+            log(f"{here.sample.sample_id}: {asked} questions; so far {overall.summary()}")
+            if foreign:
+                for other in loaded:
+                    if other is here:
+                        continue
+                    for _, question, _ in other.questions():
+                        foreign_asked += 1
+                        foreign_abstained += not await ask(core, here, question, k)
+                log(f"{here.sample.sample_id}: so far {foreign_abstained}/{foreign_asked} foreign questions got nothing")
+    result: dict[str, Any] = {}
+    if foreign:
+        result["foreign_abstained"] = round(foreign_abstained / foreign_asked, 4) if foreign_asked else 0.0
+        result["foreign_questions"] = foreign_asked
+        result["recall@10_no_cutoff"] = without_cutoff.summary()["recall@10"]
+    result.update(overall.summary())
+    ingested, ingest_seconds, ingest_cpu = timings.ingested, timings.ingest_seconds, timings.ingest_cpu
+    search_ms, recall_ms = timings.search_ms, timings.recall_ms
     result.update(
         {
             "per_category": {CATEGORIES[c]: s.summary() for c, s in per_category.items()},
+            "cutoff": cutoff or foreign,
             "conversations": len(samples),
             "messages": ingested,
             "ingest_msgs_per_s": round(ingested / ingest_seconds, 1) if ingest_seconds else 0.0,
@@ -284,7 +344,7 @@ async def run(data: Path, limit: int | None, k: int) -> dict[str, Any]:
             "peak_rss_mb": round(peak_rss_mb(), 1),
             # The machine may be shared: CPU cost per unit of work, and the load while measuring.
             "ingest_msgs_per_cpu_s": round(ingested / ingest_cpu, 1) if ingest_cpu else 0.0,
-            "search_cpu_ms": round(search_cpu / len(search_ms) * 1000, 2) if search_ms else 0.0,
+            "search_cpu_ms": round(timings.search_cpu / len(search_ms) * 1000, 2) if search_ms else 0.0,
             "load_avg_1m": round(os.getloadavg()[0], 2),
             "cpus": os.cpu_count(),
             "k": k,
@@ -295,6 +355,12 @@ async def run(data: Path, limit: int | None, k: int) -> dict[str, Any]:
 
 def print_table(result: dict[str, Any]) -> None:
     log("")
+    if "foreign_abstained" in result:
+        log(
+            f"foreign questions answered with no sources: {result['foreign_abstained']:.3f} "
+            f"of {result['foreign_questions']}; own Recall@10 {result['recall@10']:.3f} with the cut-off, "
+            f"{result['recall@10_no_cutoff']:.3f} without"
+        )
     log(f"{'category':<12} {'n':>5} {'R@5':>7} {'R@10':>7} {'MRR':>7}")
     for name, row in [*result["per_category"].items(), ("all (1-4)", result)]:
         log(f"{name:<12} {row['n']:>5} {row['recall@5']:>7.3f} {row['recall@10']:>7.3f} {row['mrr']:>7.3f}")
@@ -316,8 +382,16 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="a LoCoMo-format JSON file")
     parser.add_argument("--limit", type=int, default=None, help="only the first N conversations")
     parser.add_argument("--k", type=int, default=10, help="memories retrieved per question (>= 10)")
+    parser.add_argument(
+        "--no-cutoff", action="store_true", help="rank without the relevance cut-off (every question gets k memories)"
+    )
+    parser.add_argument(
+        "--foreign",
+        action="store_true",
+        help="also ask each conversation the other conversations' questions (they must get nothing)",
+    )
     args = parser.parse_args()
-    result = asyncio.run(run(args.data, args.limit, max(args.k, 10)))
+    result = asyncio.run(run(args.data, args.limit, max(args.k, 10), not args.no_cutoff, args.foreign))
     print_table(result)
     print(json.dumps(result), flush=True)
 

@@ -60,7 +60,9 @@ def test_an_unrelated_question_is_answered_without_footnotes_or_memories(
     told = run_chat(["My locker code is 4817 and my dentist is Dr. Okafor."], base_env, "--user", "alice")
     assert told.returncode == 0, told.stderr
     plain = run_chat(["What is the capital of France?"], base_env, "--user", "alice")
-    assert replies(plain.stdout) == ["I don't have anything on that."], plain.stdout
+    [reply] = replies(plain.stdout)
+    assert reply.startswith("I don't have anything on that.") and not FOOTNOTE.search(reply), reply
+    assert "4817" not in reply
     env = {**base_env, **fake_llm.env()}
     modelled = run_chat(["Which river flows through Paris?"], env, "--user", "alice")
     assert not FOOTNOTE.search(modelled.stdout), modelled.stdout
