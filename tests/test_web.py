@@ -224,6 +224,10 @@ def test_operator_chats_with_citations_and_manages_memory_in_a_browser(
     driver.get(f"{base}/me?q=passport")
     assert "X1234567" not in driver.page_source
 
+    # The login link worked once: opened again, it is refused.
+    driver.get(mnemo_web.login)
+    assert "expired or was already used" in driver.find_element(By.CSS_SELECTOR, ".notice.error").text
+
     asyncio.run(_security_checks(mnemo_web, cookie["value"]))
 
 
