@@ -68,8 +68,8 @@ def mnemo_web(base_env: dict[str, str], fake_llm: FakeLLM, tmp_path: Path) -> It
             proc.wait()
 
 
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Any]:
+def start_chromium(profile: Path, javascript: bool = True) -> Any:
+    """Debian's chromium, headless, through Debian's chromium-driver, on a fresh profile."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -77,14 +77,26 @@ def browser(tmp_path: Path) -> Iterator[Any]:
     options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium-profile'}",
-                 "--window-size=1000,1300"):
+                 "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1000,1300"):
         options.add_argument(flag)
+    if not javascript:
+        options.add_experimental_option("prefs", {"profile.managed_default_content_settings.javascript": 2})
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"),
                               options=options)
     driver.implicitly_wait(0)
+    return driver
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    driver = start_chromium(tmp_path / "chromium-profile")
     yield driver
     driver.quit()
+
+
+# Every visible form control has a label a screen reader announces.
+UNLABELLED = """return Array.from(document.querySelectorAll('input:not([type=hidden]), select, textarea'))
+  .filter(el => !(el.labels && el.labels.length) && !el.getAttribute('aria-label')).map(el => el.outerHTML);"""
 
 
 def wait_for(check: Any, timeout: float = 120, what: str = "condition") -> Any:
@@ -223,6 +235,24 @@ def test_operator_chats_with_citations_and_manages_memory_in_a_browser(
     assert "X1234567" not in driver.page_source
     driver.get(f"{base}/me?q=passport")
     assert "X1234567" not in driver.page_source
+
+    driver.get(f"{base}/chat")
+    assert driver.switch_to.active_element.tag_name == "textarea"  # the script puts the cursor there
+    for path in ("/chat", "/me", "/admin"):
+        driver.get(f"{base}{path}")
+        assert driver.execute_script(UNLABELLED) == [], path
+
+    # With JavaScript off, the same session chats through a plain form post.
+    plain = start_chromium(tmp_path / "chromium-nojs", javascript=False)
+    try:
+        plain.get(f"{base}/")
+        plain.add_cookie({"name": "mnemo_session", "value": cookie["value"], "path": "/"})
+        plain.get(f"{base}/chat")
+        assert plain.switch_to.active_element.tag_name != "textarea"  # the page's script did not run
+        reply = say(plain, "What colour does Ben like?", enter=False)
+        assert "teal" in reply.text and reply.find_elements(By.CSS_SELECTOR, ".footnotes a")
+    finally:
+        plain.quit()
 
     # The login link worked once: opened again, it is refused.
     driver.get(mnemo_web.login)
