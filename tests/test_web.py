@@ -222,6 +222,7 @@ def test_operator_chats_with_citations_and_manages_memory_in_a_browser(
     driver.find_element(By.CSS_SELECTOR, ".channel button[type=submit]").click()
     error = wait_for(lambda: driver.find_element(By.CSS_SELECTOR, ".notice.error"), what="validation error")
     assert "Invalid value for retention_days" in error.text
+    assert driver.find_element(By.NAME, "retention_days").get_attribute("value") == "soon"  # kept to correct
     assert "Health" in driver.page_source and "Queue depth" in driver.page_source
     shot(driver, tmp_path, "admin", keep=True)
 

@@ -168,7 +168,8 @@ class WebAdapter:
         status, text, failed = await admin.save_settings(self.core, session, form)
         if status == 403:
             return error_page(403, "Refused", text, session)
-        response = await admin.admin_page(self.core, session, self.errors, text, failed)
+        response = await admin.admin_page(self.core, session, self.errors, text, failed,
+                                          rejected=form if failed else None)
         response.set_status(status)
         return response
 

@@ -52,12 +52,15 @@ async def channels_of(core: Core, session: WebSession) -> list[str]:
 
 
 async def admin_page(core: Core, session: WebSession, errors: RecentErrors, message: str | None = None,
-                     error: bool = False) -> web.Response:
+                     error: bool = False, rejected: Any = None) -> web.Response:
+    """`rejected`: a form that failed validation, shown again as typed so it can be corrected."""
     channels = await channels_of(core, session)
     titles = await channel_titles(core, channels)
     if session.dm_conversation:
         titles[session.dm_conversation] = "Your DM with Mnemo"
-    forms = [await _channel_form(core, session, key, titles.get(key)) for key in channels]
+    typed = rejected if rejected is not None else {}
+    forms = [await _channel_form(core, session, key, titles.get(key),
+                                 typed if typed.get("conversation") == key else {}) for key in channels]
     if not forms:
         forms = [("<p>You don't administer any channel Mnemo knows of. Send /dashboard in a group where "
                   "you are an admin to manage it here.</p>")]
@@ -71,11 +74,11 @@ async def admin_page(core: Core, session: WebSession, errors: RecentErrors, mess
     return page("Channels", body, session, current="/admin")
 
 
-async def _channel_form(core: Core, session: WebSession, key: str, title: str | None) -> str:
+async def _channel_form(core: Core, session: WebSession, key: str, title: str | None, typed: Any) -> str:
     current = await core.settings.get(key)
     rows = []
     for name in KEYS:
-        value = getattr(current, name)
+        value = str(typed[name]) if name in typed else getattr(current, name)
         field_id = f"{key}-{name}".replace(":", "-")
         if name in CHOICES:
             options = "".join(

@@ -135,8 +135,10 @@ async def message_page(core: Core, session: WebSession, memory_id: str) -> web.R
         if doc.get("link") else ""
     )
     fact_note = f'<p class="fact">Learned from this message: {e(fact["text"])}</p>' if fact else ""
+    back = '<a href="/chat">Back to the chat</a>' if session.platform == "web" else ""
+    back += (" · " if back else "") + '<a href="/me">Back to my data</a>'
     body = (
-        f"<h1>Message {e(doc['_id'])} in context</h1>{fact_note}<p>In {e(where)}.</p>{original}"
+        f"<h1>Message {e(doc['_id'])} in context</h1>{fact_note}<p>In {e(where)}.</p>{original}<p>{back}</p>"
         f'<ol class="context" aria-label="Conversation around the message">{"".join(rows)}</ol>'
     )
     return page("Message in context", body, session)
