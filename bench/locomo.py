@@ -15,6 +15,11 @@ also asked the other conversations' questions, which must get nothing (`foreign_
 the share that did), and its own are asked with and without the cut-off (`recall@10`,
 `recall@10_no_cutoff`).
 
+With `--facts observations`, the dataset's `observation` entries (LLM-written facts about each
+speaker, with their evidence turns) are applied to the fact store exactly as the learning
+model's `record_facts` answers would be (core.learning.Learner.apply), and recalled with the
+messages; a retrieved fact counts as retrieving its source turns.
+
 Progress goes to stderr; the last stdout line is one JSON object with the figures.
 """
 
@@ -140,6 +145,16 @@ class Scores:
         self.recall5.append(len(evidence & set(ranked[:5])) / len(evidence))
         self.recall10.append(len(evidence & set(ranked[:10])) / len(evidence))
         first = next((rank for rank, dia_id in enumerate(ranked, 1) if dia_id in evidence), None)
+        self.rr.append(1.0 / first if first else 0.0)
+
+    def add_groups(self, ranked: list[set[str]], evidence: set[str]) -> None:
+        """Like `add`, where each retrieved memory stands for a set of turns (a fact: its sources)."""
+        def covered(k: int) -> set[str]:
+            return set().union(*ranked[:k]) if ranked else set()
+
+        self.recall5.append(len(evidence & covered(5)) / len(evidence))
+        self.recall10.append(len(evidence & covered(10)) / len(evidence))
+        first = next((rank for rank, turns in enumerate(ranked, 1) if turns & evidence), None)
         self.rr.append(1.0 / first if first else 0.0)
 
     def summary(self) -> dict[str, float]:
@@ -289,7 +304,55 @@ async def ask(core: Any, loaded: Loaded, question: str, k: int, timings: Timings
     return [loaded.turn_of[s.memory_id] for s in sources if s.memory_id in loaded.turn_of]
 
 
-async def run(data: Path, limit: int | None, k: int, cutoff: bool = True, foreign: bool = False) -> dict[str, Any]:
+# -- --facts observations ------------------------------------------------------------------
+
+
+async def learn_observations(core: Any, loaded: Loaded, raw: dict[str, Any]) -> int:
+    """Apply a sample's `observation` entries as the learning model's answers: one batch per
+    session, facts about each speaker with their evidence turns as sources."""
+    key = f"{PLATFORM}:{loaded.sample.sample_id}"
+    turns = {doc["message_id"]: doc async for doc in core.store.messages.find({"conversation_key": key})}
+    added = 0
+    for _, by_speaker in sorted((raw.get("observation") or {}).items(), key=lambda kv: _session_no(kv[0])):
+        told: list[dict[str, Any]] = []
+        ops = []
+        for speaker, entries in (by_speaker or {}).items():
+            for entry in entries:
+                text, evidence = entry[0], entry[1] if len(entry) > 1 else []
+                numbers = []
+                for dia_id in normalize_evidence([evidence] if isinstance(evidence, str) else list(evidence)):
+                    if dia_id in turns:
+                        if turns[dia_id] not in told:
+                            told.append(turns[dia_id])
+                        numbers.append(told.index(turns[dia_id]) + 1)
+                ops.append({"op": "add", "text": text, "about": speaker, "sources": numbers})
+        if told:
+            added += await core.learner.apply(key, told[0]["scope"], [], told, ops)
+    return added
+
+
+def _session_no(name: str) -> int:
+    found = re.search(r"\d+", name)
+    return int(found.group()) if found else 0
+
+
+async def ask_turn_groups(core: Any, loaded: Loaded, question: str, k: int) -> list[set[str]]:
+    """Like `ask`, each recalled memory as the turns it stands for (a fact: its source turns)."""
+    message = Message(platform=PLATFORM, conversation_id=loaded.sample.sample_id, message_id="question",
+                      author_id="asker", author_name="asker", text=question, is_dm=False, ts=loaded.asked_at)
+    groups = []
+    for source in await core.recall(message, question, k):
+        if source.memory_id in loaded.turn_of:
+            groups.append({loaded.turn_of[source.memory_id]})
+            continue
+        fact = await core.facts.facts.find_one({"_id": source.memory_id}, {"sources": 1})
+        groups.append({loaded.turn_of[s] for s in (fact or {}).get("sources", []) if s in loaded.turn_of})
+    return groups
+
+
+async def run(
+    data: Path, limit: int | None, k: int, cutoff: bool = True, foreign: bool = False, facts: str | None = None
+) -> dict[str, Any]:
     """Each conversation's own questions (cut-off as given); with `foreign`, each conversation
     is also asked every other conversation's questions (cut-off on), and the own questions are
     asked both with the cut-off and without it."""
@@ -301,10 +364,21 @@ async def run(data: Path, limit: int | None, k: int, cutoff: bool = True, foreig
     timings = Timings()
     async with bench_core("locomo") as core:
         loaded = [await load(core, sample, timings) for sample in samples]
+        if facts == "observations":
+            raw = {entry["sample_id"]: entry for entry in json.loads(data.read_text())}
+            for here in loaded:
+                learned = await learn_observations(core, here, raw[here.sample.sample_id])
+                log(f"{here.sample.sample_id}: {learned} facts from observations")
         for here in loaded:
             core.index.relevance_cutoff = cutoff or foreign
             asked = 0
             for category, question, evidence in here.questions():
+                if facts:
+                    groups = await ask_turn_groups(core, here, question, k)
+                    overall.add_groups(groups, evidence)
+                    per_category[category].add_groups(groups, evidence)
+                    asked += 1
+                    continue
                 ranked = await ask(core, here, question, k, timings)
                 overall.add(ranked, evidence)
                 per_category[category].add(ranked, evidence)
@@ -390,8 +464,12 @@ def main() -> None:
         action="store_true",
         help="also ask each conversation the other conversations' questions (they must get nothing)",
     )
+    parser.add_argument("--facts", choices=["observations"], default=None,
+                        help="also learn the dataset's observations as facts (scored by their source turns)")
     args = parser.parse_args()
-    result = asyncio.run(run(args.data, args.limit, max(args.k, 10), not args.no_cutoff, args.foreign))
+    result = asyncio.run(run(args.data, args.limit, max(args.k, 10), not args.no_cutoff, args.foreign, args.facts))
+    if args.facts:
+        result["facts"] = args.facts
     print_table(result)
     print(json.dumps(result), flush=True)
 

@@ -194,6 +194,7 @@ def test_operator_chats_with_citations_and_manages_memory_in_a_browser(
     wait_for(lambda: driver.switch_to.alert, what="confirmation").accept()
     wait_for(lambda: "Forgot 1 item" in driver.find_element(By.CSS_SELECTOR, ".notice").text, what="forgot notice")
     assert "4817" not in driver.find_element(By.ID, "memories").text
+    assert "Their locker code" not in driver.page_source  # learned only from it: forgotten with it
     driver.find_element(By.LINK_TEXT, "Chat").click()
     again = say(driver, "What is my locker code?")
     assert "4817" not in again.text
