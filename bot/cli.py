@@ -60,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--channel", default=None, help="a group channel name (default: a DM with the bot)")
     chat.add_argument("--admin", action="store_true", help="be an admin of --channel (may change settings)")
     _add_import(sub)
+    web = sub.add_parser(
+        "web", help="chat and dashboard in a browser on http://127.0.0.1:PORT/ (prints a one-time login link)",
+    )
+    web.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (default 8080)")
     sub.add_parser("doctor", help="check the configuration, stores, model and platform tokens, one line each")
     for name, command in sub.choices.items():  # every subcommand's --help names what it reads
         command.formatter_class = formatter
@@ -142,6 +146,12 @@ def _chat_in_terminal(settings: Settings, user: str, channel: str | None, admin:
     return run_in_terminal(open_console, _banner(settings, user, channel), prompt, settings.data_dir / "chat_history")
 
 
+async def _web(settings: Settings, port: int) -> int:
+    from bot.web import run_web
+
+    return await run_web(settings, port)
+
+
 async def _run(settings: Settings) -> int:
     from bot.app import run_platforms
 
@@ -182,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             print(_banner(settings, user, args.channel), file=sys.stderr)
             return asyncio.run(_chat(settings, user, args.channel, args.admin, _replies_stream()))
         print(f"mnemo {version()} · data: {settings.data_dir}", file=sys.stderr)
+        if args.command == "web":
+            return asyncio.run(_web(settings, args.port))
         return asyncio.run(_run(settings))
     except ConfigError as exc:
         print(f"mnemo: {exc}", file=sys.stderr)

@@ -55,6 +55,7 @@ READS: dict[str, list[str]] = {
     "run": _CORE + _SERVER + _PLATFORMS,
     "chat": _CORE,
     "doctor": _CORE + _PLATFORMS,
+    "web": _CORE + ["MNEMO_PUBLIC_URL"],
     "import": _CORE + ["SLACK_BOT_TOKEN", "SLACK_API_BASE"],  # chat.getPermalink for Slack exports
 }
 

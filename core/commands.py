@@ -25,7 +25,9 @@ if TYPE_CHECKING:
     from core.engine import Core
 
 # Commands that control the bot rather than say something: never remembered.
-CONTROL = frozenset({"help", "start", "memory", "profile", "forget", "export", "settings", "optout", "optin"})
+CONTROL = frozenset(
+    {"help", "start", "memory", "profile", "forget", "export", "settings", "optout", "optin", "dashboard"}
+)
 QUESTION = frozenset({"ask", "deep"})
 PAGE_SIZE = 10
 # What /memory lists: what people told (not questions to Mnemo, commands, failed attachments).
@@ -41,6 +43,7 @@ HELP = """I'm {bot}. I remember what's said where I am and answer with numbered 
 • /forget ID or /forget all — delete memories or learned facts (and anything derived from them).
 • /export — all your data as a JSON file.
 • /optout, /optin — stop or resume remembering you anywhere.
+• /dashboard — a one-time link to your web page: see, search, forget and export what I know.
 • /settings — this channel's settings; admins: /settings KEY VALUE.
 What you tell me in a DM stays in your DMs; what's said in a group stays in that group."""
 
@@ -258,6 +261,12 @@ async def _optin(core: Core, message: Message, platform: Platform, args: str) ->
     return Reply("I'll remember your messages again. /optout stops it.", private=True)
 
 
+async def _dashboard(core: Core, message: Message, platform: Platform, args: str) -> Reply:
+    from core.web_links import dashboard_reply
+
+    return await dashboard_reply(core, message, platform)
+
+
 _HANDLERS = {
     "help": _help,
     "start": _help,
@@ -268,4 +277,5 @@ _HANDLERS = {
     "export": _export,
     "optout": _optout,
     "optin": _optin,
+    "dashboard": _dashboard,
 }

