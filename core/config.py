@@ -11,6 +11,7 @@ class CoreConfig:
     data_dir: Path
     model: str | None = None
     reasoning_model: str | None = None
+    learning_model: str | None = None  # learns facts about people (core.learning); unset: `model`
     llm_api_base: str | None = None
     llm_api_key: str | None = None
     llm_timeout_s: float = 60.0
@@ -22,8 +23,10 @@ class CoreConfig:
     bot_name: str = "Mnemo"
     recall_k: int = 8  # memories shown to the model
     retrieval_only_k: int = 5  # memories listed when no model is configured
+    context_turns: int = 8  # earlier turns of the conversation (replies included) in each prompt
     lease_seconds: float = 120.0  # a worker that stops renewing its messages for this long is presumed dead
     heartbeat_seconds: float = 5.0  # how often a worker says it is alive (and renews its leases)
     worker_stale_seconds: float = 20.0  # no heartbeat for this long: the worker is dead, its messages adoptable
     max_attempts: int = 3  # a message that crashed this many workers is failed with a reply, not retried
     media_concurrency: int = 1  # CPU-heavy media jobs at once (2-core machines)
+    public_url: str | None = None  # the web UI's base URL: enables /dashboard links

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import importlib
 import itertools
 import logging
 import os
@@ -20,17 +19,22 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from core import commands
-from core.answer import Answerer, Source, build_prompt, cite, to_datetime
+from core import commands, kinds, llm
+from core.answer import ACKNOWLEDGED, Answerer, Source, build_prompt, cite, to_datetime, turn_line
 from core.channel_settings import ChannelSettings, SettingsRepo
 from core.config import CoreConfig
 from core.errors import MediaError, MemoryUnavailable, ModelUnavailable
+from core.facts import FactStore, fact_source, is_fact_id
+from core.facts import arrange as arrange_facts
+from core.learning import Learner
 from core.media import MediaReader, MediaText
 from core.memory.index import MemoryIndex, MemoryItem
 from core.metrics import Metrics
+from core.migrations import run_migrations
 from core.models import Message, Reply, Scope, utcnow
 from core.platform import Platform
 from core.privacy import readable_scopes
+from core.render import shorten
 from core.store import DONE, FAILED, Store, message_doc
 from core.tasks import OrderedRunner
 
@@ -87,6 +91,8 @@ class Core:
         self.answerer = answerer or Answerer(config)
         self.media = media or MediaReader(config)
         self.settings = SettingsRepo(store)
+        self.facts = FactStore(store, index)
+        self.learner = Learner(self)
         self.platforms: dict[str, Platform] = {}
         self.runner = OrderedRunner()
         self.metrics = Metrics()
@@ -112,6 +118,8 @@ class Core:
 
     async def start(self, background: bool = True) -> None:
         await self.store.ensure_indexes()
+        await self.facts.ensure_indexes()
+        await run_migrations(self)
         await self.finish_deletions()  # forgets a crash interrupted: finished before any answer
         try:
             await self.index_pending()  # what was stored while Chroma could not be written
@@ -120,7 +128,7 @@ class Core:
         if self.answerer.has_model or not getattr(self.index.embedder, "name", "").startswith("local:"):
             # litellm takes seconds to import; done lazily inside the first answer it would
             # block the event loop, and with it the lease heartbeat and every webhook.
-            await asyncio.to_thread(importlib.import_module, "litellm")
+            await asyncio.to_thread(llm.import_litellm)
         # The heartbeat says this worker is alive and renews the leases of every message it
         # holds. A worker that dies stops beating: within `worker_stale_seconds` (or at once,
         # when it was a process on this host) another worker adopts its messages.
@@ -143,6 +151,7 @@ class Core:
         await asyncio.gather(*self._loops, return_exceptions=True)
         self._loops.clear()
         await self.runner.close(timeout)
+        await self.learner.close(timeout)  # what was told is learned before the process exits
         try:
             released = await self.store.release(self.worker_id)
             if released:
@@ -203,7 +212,7 @@ class Core:
         if message.edited:
             await self.apply_edit(message)
             return None
-        if not message.text.strip() and not message.attachments:
+        if not kinds.visible(message.text) and not message.attachments:
             # Nothing to store; say so where someone is talking to us.
             if message.is_dm or message.mentions_bot or message.is_command:
                 platform = self.platforms.get(message.platform)
@@ -211,9 +220,14 @@ class Core:
                     await platform.send_reply(message, Reply(EMPTY, is_error=True))
             return None
         command = commands.parse(message.text)
-        if command is not None and command.name in commands.CONTROL:
+        kind = kinds.classify(
+            message.text, is_command=message.is_command, command_name=command.name if command else None,
+            is_dm=message.is_dm, mentions_bot=message.mentions_bot, replies_to_bot=message.replies_to_bot,
+            has_attachments=bool(message.attachments),
+        )
+        if kind == kinds.COMMAND:
             message.is_command = True
-        doc = message_doc(message, remember=not message.is_command)
+        doc = message_doc(message, remember=kind == kinds.TOLD, kind=kind)
         # order_ts: the platform's own time of the message, the conversation's order.
         doc.update(owner=self.worker_id, lease_until=utcnow() + self.lease, order_ts=message.ts.timestamp())
         if self.draining:
@@ -254,6 +268,7 @@ class Core:
             entry = await self._await_turn(conversation_key, entry)
             if entry.stored.result():
                 await self.process(entry.message)
+                await self._after_processing(entry.message)
                 self.metrics.observe("mnemo_message_seconds", time.monotonic() - entry.started,
                                      platform=entry.message.platform)
         finally:
@@ -261,6 +276,20 @@ class Core:
                 entry.done.set_result(None)
             if not self._queued.get(conversation_key):
                 self._queued.pop(conversation_key, None)
+
+    async def _after_processing(self, message: Message) -> None:
+        """Withheld speech (opted out, `memory off`) is dropped once answered; the rest may
+        teach Mnemo something (learned in the background, never in the reply's path)."""
+        found = await self.store.messages.find_one({"key": message.event_key}, {"withheld": 1, "state": 1})
+        if found is None:
+            return
+        if found.get("withheld"):
+            if found.get("state") in (DONE, FAILED):
+                await self.store.update_message(
+                    found["_id"], {"text": "", "media_text": None, "media_kind": None, "attachments": []}
+                )
+            return
+        self.learner.note(message)
 
     async def _await_turn(self, conversation_key: str, entry: _Queued) -> _Queued:
         """Per-conversation order across workers: while an earlier message of the conversation
@@ -344,8 +373,11 @@ class Core:
 
     async def _work(self, message: Message, doc: dict[str, Any], platform: Platform) -> Reply | None:
         command = commands.parse(message.text)
-        if command is not None and command.name in commands.CONTROL:
-            return await commands.run(self, message, platform, command)
+        kind = doc.get("kind", kinds.TOLD)
+        if kind == kinds.COMMAND:
+            if command is not None and command.name in commands.CONTROL:
+                return await commands.run(self, message, platform, command)
+            return commands.unknown(command) if command is not None else None
 
         settings = await self.settings.get(message.conversation_key)
         media_texts, media_error = await self._read_media(message, platform)
@@ -362,10 +394,16 @@ class Core:
             )
         content = memory_text(message.text, media_texts)
         user = await self.store.get_user(message.user_key)
-        if settings.memory == "on" and not user.get("opted_out") and content.strip() and doc["remember"]:
+        remembered = False
+        withheld = settings.memory != "on" or bool(user.get("opted_out"))
+        if withheld:
+            # Kept only while answering needs it: never indexed, learned, listed or exported.
+            await self.store.update_message(doc["_id"], {"withheld": True})
+        elif content.strip() and kinds.small_talk_reply(content) is None and doc["remember"]:
             try:
                 await self.index.add([self._memory_item(doc, content, media_texts)])
                 await self.store.update_message(doc["_id"], {"remembered": True})
+                remembered = True
             except MemoryUnavailable as exc:
                 # Stored, not yet indexed: `index_pending` has it indexed when Chroma is back.
                 log.error("memory index unavailable; %s is stored, indexed later: %s", doc["_id"], exc)
@@ -377,15 +415,24 @@ class Core:
             return None
         if media_error:
             return Reply(media_error, is_error=True)
-        question = self._question(message, command, media_texts)
-        if not question:
+        said = self._question(message, command, media_texts)
+        if kind == kinds.TOLD and not kinds.is_question(said, searches=not media_texts):
+            # Something told (a statement, a voice note, a photo): acknowledged, not answered.
             if media_texts:
+                if not remembered:
+                    return Reply(_not_remembering(settings.memory == "off"))
                 note = Source(1, doc["_id"], message.author_name, message.ts, content, message.link,
                               media_texts[0].kind)
-                return Reply(f"Noted: I'll remember this {media_texts[0].kind} [1].", [note.footnote()])
-            return Reply(EMPTY if not message.attachments else "I couldn't read that attachment.")
+                return Reply(media_acknowledgement(media_texts), [note.footnote()])
+            if message.attachments:
+                return Reply("I couldn't read that attachment.")
+            return await self.acknowledge(message, said, remembered, settings)
+        if not said:
+            return Reply(EMPTY)
         reasoning = settings.mode == "reasoning" or (command is not None and command.name == "deep")
-        return await self.answer(message, question, settings, exclude_id=doc["_id"], reasoning=reasoning)
+        # A question never cites itself; a photo asked about ("what does this say?") may.
+        itself = None if any(m.kind == "image" for m in media_texts) else doc["_id"]
+        return await self.answer(message, said, settings, exclude_id=itself, reasoning=reasoning)
 
     def _addressed(self, message: Message, settings: ChannelSettings, command: commands.Command | None) -> bool:
         if message.is_dm:
@@ -435,20 +482,42 @@ class Core:
 
     # -- answering ----------------------------------------------------------------------
 
-    async def recall(self, message: Message, query: str, k: int, exclude_id: str | None = None) -> list[Source]:
-        """Top memories for `query` within the scopes this conversation may read."""
+    async def recall(
+        self, message: Message, query: str, k: int, exclude_id: str | None = None,
+        turns: list[dict[str, Any]] | None = None,
+    ) -> list[Source]:
+        """Top memories for `query` within the scopes this conversation may read. A follow-up
+        ("why?", "and the second one?") that finds nothing by itself is searched together with
+        what was said before it in `turns`."""
+        sources = await self._recall(message, query, k, exclude_id)
+        if not sources and turns and _is_follow_up(query):
+            earlier = next((t for t in reversed(turns) if t.get("kind") != kinds.REPLY), None)
+            if earlier is not None and earlier.get("text"):
+                sources = await self._recall(message, f"{earlier['text']} {query}", k, exclude_id)
+        return sources
+
+    async def _recall(self, message: Message, query: str, k: int, exclude_id: str | None) -> list[Source]:
         scopes = readable_scopes(message)
         hits = []
         for scope in scopes:
-            hits.extend(await self.index.search(scope, query, k + 1, now=message.ts.timestamp()))
+            # 2k: messages a recalled fact carries are left out (core.facts.arrange)
+            hits.extend(await self.index.search(scope, query, 2 * k + 1, now=message.ts.timestamp()))
         hits.sort(key=lambda h: h.score, reverse=True)
         ids = [h.memory_id for h in hits if h.memory_id != exclude_id]
         docs = await self.store.messages_by_ids(ids, scopes)
+        # Learned facts are memories too (core.facts): current ones, history only for the past.
+        facts = await self.facts.by_ids([i for i in ids if is_fact_id(i)], scopes)
+        scores = {h.memory_id: h.score for h in hits}
+        arranged = await arrange_facts(self.facts, ids, docs, facts, query, scopes, scores)
+        said = await self.facts.source_messages([doc for kind, doc in arranged if kind == "fact"])
         sources: list[Source] = []
-        for memory_id in ids:
-            found = docs.get(memory_id)
-            if found is None:
-                continue  # forgotten or out of scope: never shown
+        for kind, found in arranged:
+            if kind == "fact":
+                sources.append(fact_source(len(sources) + 1, found, said))
+                if len(sources) == k:
+                    break
+                continue
+            memory_id = found["_id"]
             media_kind = found.get("media_kind")
             text = memory_text(found["text"], [MediaText(media_kind, found["media_text"])] if media_kind else [])
             kind = media_kind or "text"
@@ -463,15 +532,14 @@ class Core:
     async def answer(
         self, message: Message, question: str, settings: ChannelSettings, exclude_id: str | None, reasoning: bool
     ) -> Reply:
+        turns = await self.store.recent_turns(message, self.config.context_turns)
         if not self.answerer.has_model:
-            return self.answerer.retrieval_only(
-                await self.recall(message, question, self.config.retrieval_only_k, exclude_id)
-            )
-        sources = await self.recall(message, question, self.config.recall_k, exclude_id)
-        recent = await self.store.recent_in_scope(message.scope, message.conversation_key, 6, before=message.ts)
-        recent_lines = [f"{d['author_name']}: {' '.join(d['text'].split())[:300]}" for d in recent if d["text"]]
+            sources = await self.recall(message, question, self.config.retrieval_only_k, exclude_id, turns)
+            explain = await self.store.first_time(message.conversation_key, "retrieval_only")
+            return self.answerer.retrieval_only(sources, explain)
+        sources = await self.recall(message, question, self.config.recall_k, exclude_id, turns)
         prompt = build_prompt(
-            question, message.author_name, sources, recent_lines, bot_name=self.config.bot_name,
+            question, message.author_name, sources, self._turn_lines(turns), bot_name=self.config.bot_name,
             platform=message.platform, is_dm=message.is_dm, persona=settings.persona, now=utcnow(),
         )
         platform = self.platforms[message.platform]
@@ -487,6 +555,40 @@ class Core:
                                  mode="reasoning" if reasoning else "fast")
         text, footnotes = cite(raw, sources, keep_markers=settings.citations == "on")
         return Reply(text, footnotes)
+
+    async def acknowledge(self, message: Message, said: str, remembered: bool, settings: ChannelSettings) -> Reply:
+        """A statement gets a short acknowledgement: one line without a model; with one, a
+        natural short reply (told that this is a statement), never with footnotes."""
+        small_talk = kinds.small_talk_reply(said)
+        if small_talk is None and not remembered:
+            return Reply(_not_remembering(settings.memory == "off"))
+        if not self.answerer.has_model:
+            return Reply(small_talk or ACKNOWLEDGED)
+        turns = await self.store.recent_turns(message, self.config.context_turns)
+        prompt = build_prompt(
+            said, message.author_name, [], self._turn_lines(turns), bot_name=self.config.bot_name,
+            platform=message.platform, is_dm=message.is_dm, persona=settings.persona, now=utcnow(), told=True,
+        )
+        try:
+            async with self.platforms[message.platform].typing(message):
+                raw = await self.answerer.complete(prompt)
+        except ModelUnavailable:
+            self.metrics.inc("mnemo_model_errors_total")
+            return Reply(MODEL_DOWN, is_error=True)
+        text, _ = cite(raw, [], keep_markers=False)  # no sources: any [n] is dropped
+        return Reply(text or ACKNOWLEDGED)
+
+    def _turn_lines(self, turns: list[dict[str, Any]]) -> list[str]:
+        lines = []
+        for turn in turns:
+            if turn.get("kind") == kinds.REPLY:
+                lines.append(turn_line(self.config.bot_name, turn.get("text") or ""))
+                continue
+            media = [MediaText(turn["media_kind"], turn["media_text"])] if turn.get("media_kind") else []
+            said = memory_text(turn.get("text") or "", media)
+            if said:
+                lines.append(turn_line(turn["author_name"], said))
+        return lines
 
     # -- delivery -----------------------------------------------------------------------
 
@@ -559,6 +661,7 @@ class Core:
                 items.append(self._memory_item(found, memory_text(found["text"], media), media))
         await self.index.add(items)
         await self.index.delete(old_scope, [d["_id"] for d in docs])
+        await self.facts.move_scope(old_scope.key, new_scope.key, new_key)
 
     async def enforce_retention(self) -> int:
         """Delete memories older than each channel's `retention_days`. Returns how many."""
@@ -673,6 +776,33 @@ def _dead_here(worker_id: str) -> bool:
     except OSError:
         return False  # exists, owned by someone else
     return False
+
+
+def media_acknowledgement(media: list[MediaText]) -> str:
+    """A voice note or image without a question: say what was heard or read, so the person
+    can tell whether it was understood."""
+    first = media[0]
+    said = shorten(first.text, 160)
+    if not said:
+        return f"Noted: I'll remember this {first.kind} [1]."
+    verb = "Heard" if first.kind in ("voice", "audio") else f"Read in the {first.kind}"
+    return f"{verb}: “{said}”. I'll remember it [1]."
+
+
+_ANAPHORA = {"that", "it", "this", "those", "these", "them", "they", "he", "she", "him", "her", "one", "why",
+             "so", "and", "there", "then", "more", "else"}
+
+
+def _is_follow_up(question: str) -> bool:
+    """A short question leaning on what came before ("why do you say that?", "and the second one?")."""
+    words = re.findall(r"[\w']+", question.lower())
+    return 0 < len(words) <= 8 and any(w in _ANAPHORA for w in words)
+
+
+def _not_remembering(memory_off: bool) -> str:
+    if memory_off:
+        return "Noted, but memory is off in this channel, so I won't remember it."
+    return "Noted, but you opted out of memory, so I won't remember it (/optin resumes)."
 
 
 def memory_text(text: str, media: list[MediaText]) -> str:

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-ANSWER = "Retrieval-only mode"  # the first line of every answer without a model: one per line told
+# The first line of the answer to a line told in a DM without a model (an acknowledgement): one per line.
+ANSWER = ("Got it", "Noted", "Retrieval-only mode")
 INFLIGHT = "/optin"  # a command whose reply is its own ("I'll remember..."), sent just before a kill
 
 
@@ -124,8 +125,12 @@ def exported(env: dict[str, str], user: str, data_dir: Path) -> list[dict[str, A
     chat = ChatProcess(env, ("--user", user))
     chat.send("/export")
     chat.finish()
-    path = data_dir / "exports" / f"mnemo-export-console-{user}.json"
-    return list(json.loads(path.read_text())["messages"])
+    return list(json.loads(newest_export(data_dir, user).read_text())["messages"])
+
+
+def newest_export(data_dir: Path, user: str) -> Path:
+    """The last `/export` file of `user` (names carry their time)."""
+    return max((data_dir / "exports").glob(f"mnemo-export-console-{user}-*.json"))
 
 
 def seed_from_env() -> int:
@@ -145,15 +150,16 @@ def run_forget_rounds(env: dict[str, str], data_dir: Path, rounds: int, seed: in
     right after the acknowledgement or a moment later."""
     rng = random.Random(seed)
     figures = ForgetFigures()
-    export = data_dir / "exports" / "mnemo-export-console-fay.json"
     for round_no in range(rounds + 1):
         chat = ChatProcess(env, ("--user", "fay"))
         try:
-            export.unlink(missing_ok=True)
+            for earlier in (data_dir / "exports").glob("*.json"):
+                earlier.unlink()
             chat.send("/export")
-            if not chat.wait_for(lambda line: line.startswith("Your data:"), timeout=180):
+            if not chat.wait_for(lambda line: line.startswith("Written to"), timeout=180):
                 raise AssertionError("no /export reply")
-            texts = {doc["text"] for doc in json.loads(export.read_text())["messages"] if doc["text"].startswith("note")}
+            exported_now = json.loads(newest_export(data_dir, "fay").read_text())["messages"]
+            texts = {doc["text"] for doc in exported_now if doc["text"].startswith("note")}
             figures.back |= texts & figures.forgotten
             if round_no == rounds:
                 break

@@ -3,12 +3,17 @@ loopback model. Each test asserts what a person would see on stdout or what reac
 
 from __future__ import annotations
 
+import json
 import re
+import stat
+import subprocess
+import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_chat
+from tests.conftest import REPO, run_chat
 from tests.fakes.llm import FakeLLM
 
 FOOTNOTE = re.compile(r"^\[(\d+)\] ", re.MULTILINE)
@@ -25,7 +30,7 @@ def test_recall_across_two_sessions_on_embedded_stores(base_env: dict[str, str],
     assert "March 3rd" in out
     # the answer cites the remembered message with a footnote: author, date, quote
     assert re.search(r"^\[1\] alice, \d{4}-\d{2}-\d{2}: .*orchids", out, re.MULTILINE), out
-    prompt = fake_llm.chat_requests()[-1]["messages"][-1]["content"]
+    prompt = fake_llm.answer_requests()[-1]["messages"][-1]["content"]
     assert re.search(r"^\[1\] .*alice: My sister Ana's birthday", prompt, re.MULTILINE), prompt
 
 
@@ -88,6 +93,9 @@ def test_model_outage_gets_a_clear_reply_and_the_message_is_still_remembered(
     down = run_chat(["My flight to Lisbon leaves on Friday at 7am."], env, "--user", "alice")
     assert down.returncode == 0, down.stderr
     assert "couldn't reach the model; your message is saved" in down.stdout
+    # stdout is replies only: none of litellm's "Give Feedback / Get Help" banners or debug hints
+    assert down.stdout.strip().splitlines() == [line for line in down.stdout.strip().splitlines()
+                                                if "couldn't reach the model" in line], down.stdout
     fake_llm.fail = False
     later = run_chat(["When does my flight to Lisbon leave?"], env, "--user", "alice")
     assert "Friday at 7am" in later.stdout
@@ -112,7 +120,8 @@ def test_group_answers_only_when_mentioned_and_hostile_text_never_crashes(
     assert "Thursday 14:00" in result.stdout
     dm = run_chat(["", "\u200b", "👋"], env, "--user", "dana")
     assert dm.returncode == 0
-    assert "empty" in dm.stdout.lower()
+    assert "empty" not in dm.stdout.lower()  # blank lines are ignored; the wave is acknowledged
+    assert dm.stdout.strip() == "Noted, thanks."
 
 
 def test_settings_need_an_admin_and_take_effect_on_the_next_message(
@@ -165,11 +174,11 @@ def test_forget_all_removes_everything_and_no_later_request_contains_it(
 def test_reasoning_mode_and_deep_use_the_reasoning_model(base_env: dict[str, str], fake_llm: FakeLLM) -> None:
     env = {**base_env, **fake_llm.env(), "MNEMO_REASONING_MODEL": "openai/deep-model"}
     run_chat(["the release train leaves every second Tuesday", "/deep why Tuesdays?"], env, "--user", "eve")
-    models = [r["model"] for r in fake_llm.chat_requests()]
+    models = [r["model"] for r in fake_llm.answer_requests()]
     assert models == ["fake-model", "deep-model"], models
     run_chat(["/settings mode reasoning", "@mnemo when does the release train leave?"], env,
              "--user", "eve", "--channel", "rel", "--admin")
-    assert fake_llm.chat_requests()[-1]["model"] == "deep-model"
+    assert fake_llm.answer_requests()[-1]["model"] == "deep-model"
 
 
 def test_embedded_store_and_exports_are_private_to_this_os_user(base_env: dict[str, str], data_dir: Path) -> None:
@@ -187,7 +196,8 @@ def test_embedded_store_and_exports_are_private_to_this_os_user(base_env: dict[s
     mode = lambda path: stat.S_IMODE(path.stat().st_mode)
     assert mode(data_dir) == 0o700 and mode(data_dir / "mongo") == 0o700 and mode(data_dir / "chroma") == 0o700
     assert mode(data_dir / "mongo-credentials") == 0o600
-    assert mode(data_dir / "exports" / "mnemo-export-console-ivy.json") == 0o600
+    [export] = (data_dir / "exports").glob("mnemo-export-console-ivy-*.json")
+    assert mode(export) == 0o600
     # the embedded store on its loopback port: nobody without the generated password reads it
     server = start_embedded_mongo(data_dir)
     try:
@@ -216,3 +226,41 @@ def test_memory_with_a_page_that_is_not_a_page_number_gives_usage(base_env: dict
     assert "went wrong" not in out
     assert out.count("Use /memory or /memory PAGE (a page number from 1 to 100000).") == 2
     assert "No page 2." in out and "the plant needs water on Sundays" in out
+
+
+def test_undecodable_bytes_become_replacement_characters_and_the_session_goes_on(base_env: dict[str, str]) -> None:
+    """`printf 'caf\\xe9'` (Latin-1, not UTF-8) must not end the session or lose later lines."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "chat", "--user", "zoe"],
+        input=b"caf\xe9 au lait is my favourite drink\n\xff\xfe\nwhat is my favourite drink?\n",
+        capture_output=True, env=base_env, cwd=str(REPO), timeout=240, check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    out = result.stdout.decode("utf-8")
+    assert "Traceback" not in result.stderr.decode("utf-8", "replace")
+    assert re.search(r"^\[1\] zoe, .*caf\ufffd au lait is my favourite drink", out, re.MULTILINE), out
+    assert "mnemo 0." not in out  # the banner is on stderr: stdout carries replies only
+
+
+def test_export_is_a_private_timestamped_file_without_bookkeeping_and_forget_all_deletes_it(
+    base_env: dict[str, str], data_dir: Path
+) -> None:
+    result = run_chat(["I water the ficus on Sundays.", "/memory", "/export"], base_env, "--user", "ivy")
+    assert result.returncode == 0, result.stderr
+    written = re.search(r"^Written to (.+)$", result.stdout, re.MULTILINE)
+    assert written, result.stdout
+    path = Path(written.group(1))
+    assert path.parent == data_dir / "exports"
+    assert re.fullmatch(r"mnemo-export-console-ivy-\d{8}T\d{6}Z\.json", path.name), path.name
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    export = json.loads(path.read_text())
+    assert [m["text"] for m in export["messages"]] == ["I water the ficus on Sundays."]  # no /memory, /export
+    fields = set(export["messages"][0]) | {k for r in export["replies_to_you"] for k in r}
+    assert not fields & {"owner", "order_ts", "key", "lease_until", "attempts", "state", "author_key"}, fields
+    for when in [export["exported_at"], export["messages"][0]["ts"], *(r["ts"] for r in export["replies_to_you"])]:
+        assert datetime.fromisoformat(when).utcoffset() is not None and "T" in when, when
+    assert len(export["replies_to_you"]) == 1  # the reply to the statement; not the commands' replies
+
+    forgot = run_chat(["/forget all"], base_env, "--user", "ivy")
+    assert "deleted 1 earlier export file" in forgot.stdout, forgot.stdout
+    assert not path.exists()
