@@ -7,6 +7,7 @@ that match no source are dropped; footnotes are made for the cited sources only.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -152,6 +153,11 @@ class Answerer:
                     model=model, messages=messages, stream=True, num_retries=self.config.llm_retries,
                     **provider_kwargs(self.config),
                 )
+            whole = await _whole_completion(response)
+            if whole is not None:
+                wrote = bool(whole.strip())
+                yield whole
+                return
             chunks = aiter(response)
             while True:
                 try:
@@ -202,6 +208,23 @@ class Answerer:
             f"Retrieval-only mode (no model is configured): the most relevant memories are {markers}",
             [s.footnote() for s in sources],
         )
+
+
+async def _whole_completion(response: object) -> str | None:
+    """Some OpenAI-compatible servers answer a stream request with one whole completion
+    (JSON, not server-sent events); litellm then yields nothing. Read that answer instead."""
+    headers = (getattr(response, "_hidden_params", None) or {}).get("additional_headers") or {}
+    content_type = str(headers.get("llm_provider-content-type") or "text/event-stream")
+    if "event-stream" in content_type:
+        return None
+    raw = getattr(getattr(response, "completion_stream", None), "response", None)
+    if raw is None or not hasattr(raw, "aread"):
+        return None
+    try:
+        data = json.loads(await raw.aread())
+        return str(data["choices"][0]["message"]["content"] or "")
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise ModelUnavailable(f"unreadable answer ({type(exc).__name__})") from exc
 
 
 KEY_REFUSED = (

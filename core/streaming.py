@@ -24,6 +24,9 @@ from core.outbound import Fenced
 
 log = logging.getLogger(__name__)
 
+# An answer the model finishes this soon after its first token is sent whole, never flashed
+# as a preview first; later ones show their first words this soon (goal: within 1.5 s).
+HOLD_BACK_S = 0.75
 # A marker still being written at the end of the text ("[", "[1", "[12").
 _OPEN_MARKER = re.compile(r"\[\d{0,3}$")
 
@@ -32,6 +35,7 @@ class LiveTarget(Protocol):
     """What an adapter gives the core to show one answer while it is written."""
 
     edit_interval_s: float  # the least time between two preview updates in this chat
+    shown_anything: bool  # False: nothing was previewed, `finish` sends the reply as usual
 
     async def show(self, text: str) -> None:
         """Show `text` (the answer so far, `[n]` markers kept, no footnotes). May raise: a
@@ -83,6 +87,8 @@ class LiveAnswer:
 
     async def _flush(self, preview: Callable[[str], str]) -> None:
         shown = ""
+        await _first(self._fresh.wait(), self._stopping.wait())
+        await _first(asyncio.sleep(HOLD_BACK_S), self._stopping.wait())
         while not self._stopping.is_set():
             await _first(self._fresh.wait(), self._stopping.wait())
             if self._stopping.is_set():

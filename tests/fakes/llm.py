@@ -52,6 +52,11 @@ class FakeLLM:
         self.script: list[str] = []  # next answers, in order, before falling back to grounded answers
         self.responder: Callable[[list[dict[str, Any]]], str] = grounded_answer
         self.delay_s = 0.0
+        # Streaming (`stream: true` requests are answered as server-sent events, like OpenAI):
+        self.stream_pieces = 12  # the answer is sent in about this many chunks...
+        self.stream_chunk_delay_s = 0.0  # ...with this pause before each one
+        self.stream_fail_after: int | None = None  # break the stream after this many chunks
+        self.hang = False  # accept the request and never answer (a hung provider)
         self.transcript = "this is a transcript"
         self._lock = threading.Lock()
         self._thread = ServerThread(self._app)
@@ -100,9 +105,15 @@ class FakeLLM:
             import asyncio
 
             await asyncio.sleep(self.delay_s)
+        while self.hang:
+            import asyncio
+
+            await asyncio.sleep(0.1)
         if fail:
             return web.json_response({"error": {"message": "upstream overloaded", "type": "server_error"}}, status=500)
         content = scripted if scripted is not None else self.responder(body.get("messages", []))
+        if body.get("stream"):
+            return await self._stream(request, body, content)
         return web.json_response(
             {
                 "id": f"chatcmpl-{len(self.requests)}",
@@ -115,6 +126,36 @@ class FakeLLM:
                 "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
             }
         )
+
+    async def _stream(self, request: web.Request, body: dict[str, Any], content: str) -> web.StreamResponse:
+        """`content` as chat.completion.chunk events, split at word boundaries."""
+        import asyncio
+
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        words = re.findall(r"\S+\s*", content) or [content]
+        size = max(1, -(-len(words) // max(1, self.stream_pieces)))
+        pieces = ["".join(words[i:i + size]) for i in range(0, len(words), size)]
+        base = {"id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": body.get("model", "fake-model")}
+
+        async def send(delta: dict[str, Any], finish: str | None = None) -> None:
+            event = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            await response.write(f"data: {json.dumps(event)}\n\n".encode())
+
+        for number, piece in enumerate(pieces):
+            if self.stream_fail_after is not None and number >= self.stream_fail_after:
+                # A provider failing midway: an error event, then the connection drops.
+                await response.write(b'data: {"error": {"message": "upstream died", "type": "server_error"}}\n\n')
+                request.transport.close() if request.transport else None
+                return response
+            if self.stream_chunk_delay_s:
+                await asyncio.sleep(self.stream_chunk_delay_s)
+            await send({"role": "assistant", "content": piece} if number == 0 else {"content": piece})
+        await send({}, "stop")
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
 
     async def _embeddings(self, request: web.Request) -> web.Response:
         body = await request.json()
