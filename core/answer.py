@@ -13,11 +13,13 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from core.config import CoreConfig
 from core.errors import ModelMisconfigured, ModelUnavailable
 from core.llm import provider_kwargs
 from core.models import Footnote, Reply
+from core.outbound import backoff
 from core.render import shorten
 
 log = logging.getLogger(__name__)
@@ -128,10 +130,7 @@ class Answerer:
         model = self._model(reasoning)
         try:
             async with asyncio.timeout(self.config.llm_timeout_s):
-                response = await litellm.acompletion(
-                    model=model, messages=messages, num_retries=self.config.llm_retries,
-                    **provider_kwargs(self.config),
-                )
+                response = await self._call(litellm, model=model, messages=messages)
         except Exception as exc:  # litellm maps every provider failure to its own types
             raise model_error(exc) from exc
         content = response.choices[0].message.content or ""
@@ -149,10 +148,7 @@ class Answerer:
         wrote = False
         try:
             async with asyncio.timeout(deadline):
-                response = await litellm.acompletion(
-                    model=model, messages=messages, stream=True, num_retries=self.config.llm_retries,
-                    **provider_kwargs(self.config),
-                )
+                response = await self._call(litellm, model=model, messages=messages, stream=True)
             whole = await _whole_completion(response)
             if whole is not None:
                 wrote = bool(whole.strip())
@@ -174,6 +170,21 @@ class Answerer:
             raise model_error(exc) from exc
         if not wrote:
             raise ModelUnavailable("empty answer")
+
+    async def _call(self, litellm: Any, **kwargs: Any) -> Any:
+        """One retry layer: transient provider failures are retried (within the caller's
+        deadline), a refused key or unknown model is not; no sleep after the last attempt."""
+        litellm.suppress_debug_info = True  # its "Give Feedback" banner on every error
+        for attempt in range(1, self.config.llm_retries + 2):
+            try:
+                return await litellm.acompletion(num_retries=0, **kwargs, **provider_kwargs(self.config))
+            except Exception as exc:
+                error = model_error(exc, quiet=True)
+                if isinstance(error, ModelMisconfigured) or attempt > self.config.llm_retries:
+                    raise
+                log.info("model call failed (%s); retrying", error)
+                await asyncio.sleep(backoff(attempt, base_s=0.5, cap_s=4))
+        raise AssertionError("unreachable")
 
     def _model(self, reasoning: bool) -> str:
         model = self.model_for(reasoning)
@@ -237,7 +248,7 @@ UNKNOWN_MODEL = (
 )
 
 
-def model_error(exc: BaseException) -> ModelUnavailable:
+def model_error(exc: BaseException, quiet: bool = False) -> ModelUnavailable:
     """A provider failure as the core reports it: a refused key or an unknown model is said
     as such (asking again won't help); anything else is "couldn't reach the model"."""
     if isinstance(exc, ModelUnavailable):
@@ -246,13 +257,16 @@ def model_error(exc: BaseException) -> ModelUnavailable:
     status = getattr(exc, "status_code", None)
     text = str(exc).lower()
     if name in ("AuthenticationError", "PermissionDeniedError") or status in (401, 403):
-        log.error("the model provider refused the API key (%s)", name)
+        if not quiet:
+            log.error("the model provider refused the API key (%s)", name)
         return ModelMisconfigured(KEY_REFUSED)
     if name == "NotFoundError" or status == 404 or ("model" in text and "not found" in text):
-        log.error("the model provider does not know the model (%s)", name)
+        if not quiet:
+            log.error("the model provider does not know the model (%s)", name)
         return ModelMisconfigured(UNKNOWN_MODEL)
     reason = "timeout" if isinstance(exc, TimeoutError) else name
-    log.warning("model call failed: %s", reason)
+    if not quiet:
+        log.warning("model call failed: %s", reason)
     return ModelUnavailable(reason)
 
 

@@ -9,14 +9,17 @@ partial or doubled answer; a hung model gets the clear reply after one deadline.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
-from core.engine import MODEL_DOWN
+from core.engine import INTERRUPTED, MODEL_DOWN
+from core.models import utcnow
 from tests.fakes.llm import FakeLLM, grounded_answer
 from tests.fakes.telegram import BOT_USERNAME, FakeTelegram, mention_entity, private_chat, supergroup, user
 from tests.test_telegram import Running, eventually
@@ -195,3 +198,60 @@ async def test_hanging_model_gets_the_clear_reply_after_one_deadline(
     finally:
         fake_llm.hang = False
         await running.stop_all()
+
+
+@pytest.mark.parametrize(("fault", "says"), [("reject_key", "MNEMO_LLM_API_KEY"), ("unknown_model", "MNEMO_MODEL")])
+async def test_refused_key_or_unknown_model_is_said_as_such(
+    tg: Running, telegram: FakeTelegram, slow_llm: FakeLLM, fault: str, says: str
+) -> None:
+    setattr(slow_llm, fault, True)
+    await tg.start()
+    dm = private_chat(SAM_A)
+    asked_at = time.monotonic()
+    telegram.push(telegram.message(dm, SAM_A, QUESTION))
+    await eventually(lambda: answer_calls(telegram, dm["id"], "sendMessage", asked_at), 120, "reply")
+    [shown] = telegram.visible_texts(dm["id"])
+    assert says in shown and "couldn't reach" not in shown and "your message is saved" in shown.lower()
+    # Asking again won't help, so litellm's retries are not spent on it either.
+    assert len(slow_llm.chat_requests()) <= 2
+
+
+async def test_crash_while_waiting_for_the_pacing_turn_is_answered_not_apologised_for(
+    make_core: Any, slow_llm: FakeLLM, telegram: FakeTelegram
+) -> None:
+    """Worker A has the answer but waits for the chat's turn (a 429 hold) when it "dies"; B
+    adopts the message: it was never marked SENDING, so B answers it (no "I was
+    interrupted"), and A, fenced out, sends nothing when its turn comes."""
+    from adapters.telegram import TelegramAdapter
+    from core.store import PROCESSING
+    from tests.fakes.telegram import TOKEN
+
+    slow_llm.stream_chunk_delay_s = 0.0
+    worker_a = Running(make_core, slow_llm, telegram)
+    adapter_a = await worker_a.start()
+    assert worker_a.core is not None
+    dm = private_chat(SAM_A)
+    await worker_a.core.settings.set(f"telegram:{dm['id']}", "streaming", "off", "test")
+    adapter_a.pacer.hold(dm["id"], 8.0)
+    asked = telegram.push(telegram.message(dm, SAM_A, QUESTION))
+    key = f"telegram:{dm['id']}:{asked['message']['message_id']}"
+    await eventually(lambda: slow_llm.chat_requests(), 120, "the model asked")
+    await asyncio.sleep(1.0)  # the answer is ready and waits for the chat's turn
+    stored = await worker_a.core.store.get_message(key)
+    assert stored is not None and stored["state"] == PROCESSING
+    # A "dies": its lease runs out while it waits; B adopts the message.
+    await worker_a.core.store.messages.update_one({"key": key}, {"$set": {"lease_until": utcnow() - timedelta(seconds=1)}})
+    core_b = await make_core(model="openai/fake-model", llm_api_base=slow_llm.api_base, llm_api_key="sk-test")
+    adapter_b = TelegramAdapter(core_b, token=TOKEN, api_base=telegram.api_base)
+    core_b.register(adapter_b)
+    try:
+        assert await core_b.recover_stale() == 1
+        await eventually(lambda: telegram.sent_messages(dm["id"]), 60, "B's answer")
+        await asyncio.sleep(8.0)  # A's turn comes, and goes
+        [answer] = telegram.sent_messages(dm["id"])
+        assert INTERRUPTED not in answer.params["text"] and "flower pot" not in INTERRUPTED
+        done = await core_b.store.get_message(key)
+        assert done is not None and done["state"] == "done" and not done.get("interrupted_send")
+    finally:
+        await worker_a.stop_all()
+        await adapter_b.bot.session.close()

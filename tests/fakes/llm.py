@@ -57,6 +57,8 @@ class FakeLLM:
         self.stream_chunk_delay_s = 0.0  # ...with this pause before each one
         self.stream_fail_after: int | None = None  # break the stream after this many chunks
         self.hang = False  # accept the request and never answer (a hung provider)
+        self.reject_key = False  # 401 invalid_api_key, as OpenAI answers a wrong key
+        self.unknown_model = False  # 404 model_not_found
         self.transcript = "this is a transcript"
         self._lock = threading.Lock()
         self._thread = ServerThread(self._app)
@@ -109,6 +111,13 @@ class FakeLLM:
             import asyncio
 
             await asyncio.sleep(0.1)
+        if self.reject_key:
+            return web.json_response({"error": {"message": "Incorrect API key provided: sk-te**st.",
+                                                "type": "invalid_request_error", "code": "invalid_api_key"}}, status=401)
+        if self.unknown_model:
+            return web.json_response({"error": {"message": f"The model `{body.get('model')}` does not exist",
+                                                "type": "invalid_request_error", "code": "model_not_found"}},
+                                     status=404)
         if fail:
             return web.json_response({"error": {"message": "upstream overloaded", "type": "server_error"}}, status=500)
         content = scripted if scripted is not None else self.responder(body.get("messages", []))
