@@ -141,3 +141,23 @@ async def test_adopted_reply_completes_what_a_dead_worker_sent_through_its_nonce
     assert len(fake.sent) == before  # nothing new created
     [shown] = fake.visible_in(CHANNEL_ID)
     assert "flower pot" in shown and INTERRUPTED not in shown
+
+
+async def test_discord_ask_command_streams_into_its_followup(bot: Bot) -> None:
+    """An interaction's answer: deferred ("thinking…"), then the first followup carries the
+    first words and is edited (PATCH on the interaction webhook) into the final answer."""
+    fake = bot.fake
+    await bot.say(fake.message(FACT))
+    await bot.idle()
+    asked_at = time.monotonic()
+    fake.dispatch("INTERACTION_CREATE", fake.interaction("ask", {"question": QUESTION}))
+    await fake.until(lambda: len(fake.followups) == 1, what="the first followup")
+    assert time.monotonic() - asked_at < 3.5
+    [callback] = fake.callbacks
+    assert callback["type"] == 5  # deferred before any followup
+    await bot.idle()
+    [followup] = fake.followups
+    edits = [e for e in fake.edits if e["id"] == followup["id"] and e["status"] == 200]
+    assert edits and "[1]" in edits[-1]["content"] and "flower pot" in edits[-1]["content"]
+    assert fake.shown[followup["id"]]["content"] == edits[-1]["content"]
+    assert not any(m["channel_id"] == str(CHANNEL_ID) and m["at"] >= asked_at for m in fake.sent)
