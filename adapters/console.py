@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TextIO
 
 from core.engine import Core
+from core.kinds import visible
 from core.models import Attachment, AttachmentKind, Message, PlatformLimits, Reply
 from core.render import render_plain
 
@@ -80,6 +81,8 @@ class ConsoleAdapter:
 
     def to_message(self, line: str) -> Message | None:
         text = line.rstrip("\r\n")
+        if not visible(text):
+            return None  # a blank line: nothing said, nothing to answer
         attachments: list[Attachment] = []
         if text.startswith("/attach"):
             parts = text.split(maxsplit=2)

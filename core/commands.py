@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from core.channel_settings import KEYS, SettingError, describe, valid_values
+from core.kinds import NOT_MEMORY
 from core.models import Message, Reply, ReplyFile, Scope, utcnow
 from core.platform import Platform
 from core.render import shorten
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 CONTROL = frozenset({"help", "start", "memory", "forget", "export", "settings", "optout", "optin"})
 QUESTION = frozenset({"ask", "deep"})
 PAGE_SIZE = 10
+# What /memory lists: what people told (not questions to Mnemo, commands, failed attachments).
+MEMORIES: dict[str, Any] = {"kind": {"$nin": NOT_MEMORY}, "remembered": True}
 
 _COMMAND = re.compile(r"^/([A-Za-z_]+)(?:@\w+)?(?:\s+(.*))?$", re.DOTALL)
 
@@ -45,13 +48,15 @@ class Command:
 
 
 def parse(text: str) -> Command | None:
+    """Any `/name [args]`, known or not: an unknown command is refused, never taken as a question."""
     match = _COMMAND.match(text.strip())
     if match is None:
         return None
-    name = match.group(1).lower()
-    if name not in CONTROL and name not in QUESTION:
-        return None
-    return Command(name, (match.group(2) or "").strip())
+    return Command(match.group(1).lower(), (match.group(2) or "").strip())
+
+
+def unknown(command: Command) -> Reply:
+    return Reply(f"Unknown command /{command.name}, see /help", is_error=True)
 
 
 async def run(core: Core, message: Message, platform: Platform, command: Command) -> Reply:
@@ -88,7 +93,7 @@ async def _settings(core: Core, message: Message, platform: Platform, args: str)
 
 async def _memory(core: Core, message: Message, platform: Platform, args: str) -> Reply:
     page = int(args) if args.strip().isdigit() and int(args) > 0 else 1
-    query = {"author_key": message.user_key, "is_command": False}
+    query = {"author_key": message.user_key, **MEMORIES}
     total = await core.store.messages.count_documents(query)
     cursor = core.store.messages.find(query).sort("ts", -1).skip((page - 1) * PAGE_SIZE).limit(PAGE_SIZE)
     docs = [doc async for doc in cursor]
@@ -137,7 +142,7 @@ async def _forget(core: Core, message: Message, platform: Platform, args: str) -
     if not target:
         return Reply("Use /forget ID (ids are shown by /memory) or /forget all.", private=True, is_error=True)
     if target.lower() == "all":
-        count = await delete_where(core, {"author_key": message.user_key, "is_command": False})
+        count = await delete_where(core, {"author_key": message.user_key, **MEMORIES})
         await delete_where(core, {"author_key": message.user_key, "key": {"$ne": message.event_key}})
         await core.store.replies.delete_many({"author_key": message.user_key})
         return Reply(f"Done: I forgot everything from you ({count} messages).", private=True)

@@ -22,6 +22,7 @@ class CoreConfig:
     bot_name: str = "Mnemo"
     recall_k: int = 8  # memories shown to the model
     retrieval_only_k: int = 5  # memories listed when no model is configured
+    context_turns: int = 8  # earlier turns of the conversation (replies included) in each prompt
     lease_seconds: float = 120.0  # a worker that stops renewing its messages for this long is presumed dead
     max_attempts: int = 3  # a message that crashed this many workers is failed with a reply, not retried
     media_concurrency: int = 1  # CPU-heavy media jobs at once (2-core machines)

@@ -20,14 +20,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from core import commands, outbound, streaming
-from core.answer import Answerer, Source, build_prompt, cite, to_datetime
+from core import commands, kinds, outbound, streaming
+from core.answer import ACKNOWLEDGED, Answerer, Source, build_prompt, cite, to_datetime, turn_line
 from core.channel_settings import ChannelSettings, SettingsRepo
 from core.config import CoreConfig
 from core.errors import MediaError, ModelMisconfigured, ModelUnavailable
 from core.media import MediaReader, MediaText
 from core.memory.index import MemoryIndex, MemoryItem
 from core.metrics import Metrics
+from core.migrations import run_migrations
 from core.models import Message, Reply, Scope, utcnow
 from core.platform import Platform
 from core.privacy import readable_scopes
@@ -110,6 +111,7 @@ class Core:
 
     async def start(self, background: bool = True) -> None:
         await self.store.ensure_indexes()
+        await run_migrations(self)
         if self.answerer.has_model or not getattr(self.index.embedder, "name", "").startswith("local:"):
             # litellm takes seconds to import; done lazily inside the first answer it would
             # block the event loop, and with it the lease heartbeat and every webhook.
@@ -182,7 +184,7 @@ class Core:
         if message.edited:
             await self.apply_edit(message)
             return None
-        if not message.text.strip() and not message.attachments:
+        if not kinds.visible(message.text) and not message.attachments:
             # Nothing to store; say so where someone is talking to us.
             if message.is_dm or message.mentions_bot or message.is_command:
                 platform = self.platforms.get(message.platform)
@@ -190,9 +192,14 @@ class Core:
                     await platform.send_reply(message, Reply(EMPTY, is_error=True))
             return None
         command = commands.parse(message.text)
-        if command is not None and command.name in commands.CONTROL:
+        kind = kinds.classify(
+            message.text, is_command=message.is_command, command_name=command.name if command else None,
+            is_dm=message.is_dm, mentions_bot=message.mentions_bot, replies_to_bot=message.replies_to_bot,
+            has_attachments=bool(message.attachments),
+        )
+        if kind == kinds.COMMAND:
             message.is_command = True
-        doc = message_doc(message, remember=not message.is_command)
+        doc = message_doc(message, remember=kind == kinds.TOLD, kind=kind)
         # order_ts: the platform's own time of the message, the conversation's order.
         doc.update(owner=self.worker_id, lease_until=utcnow() + self.lease, order_ts=message.ts.timestamp())
         if self.draining:
@@ -314,8 +321,11 @@ class Core:
 
     async def _work(self, message: Message, doc: dict[str, Any], platform: Platform) -> Reply | None:
         command = commands.parse(message.text)
-        if command is not None and command.name in commands.CONTROL:
-            return await commands.run(self, message, platform, command)
+        kind = doc.get("kind", kinds.TOLD)
+        if kind == kinds.COMMAND:
+            if command is not None and command.name in commands.CONTROL:
+                return await commands.run(self, message, platform, command)
+            return commands.unknown(command) if command is not None else None
 
         settings = await self.settings.get(message.conversation_key)
         media_texts, media_error = await self._read_media(message, platform)
@@ -326,24 +336,35 @@ class Core:
             )
         content = memory_text(message.text, media_texts)
         user = await self.store.get_user(message.user_key)
+        remembered = False
         if settings.memory == "on" and not user.get("opted_out") and content.strip() and doc["remember"]:
             await self.index.add([self._memory_item(doc, content, media_texts)])
             await self.store.update_message(doc["_id"], {"remembered": True})
+            remembered = True
 
         addressed = self._addressed(message, settings, command)
         if not addressed:
             return None
         if media_error:
             return Reply(media_error, is_error=True)
-        question = self._question(message, command, media_texts)
-        if not question:
+        said = self._question(message, command, media_texts)
+        if kind == kinds.TOLD and not kinds.is_question(said, searches=not media_texts):
+            # Something told (a statement, a voice note, a photo): acknowledged, not answered.
             if media_texts:
+                if not remembered:
+                    return Reply(_not_remembering(settings.memory == "off"))
                 note = Source(1, doc["_id"], message.author_name, message.ts, content, message.link,
                               media_texts[0].kind)
                 return Reply(f"Noted: I'll remember this {media_texts[0].kind} [1].", [note.footnote()])
-            return Reply(EMPTY if not message.attachments else "I couldn't read that attachment.")
+            if message.attachments:
+                return Reply("I couldn't read that attachment.")
+            return await self.acknowledge(message, said, remembered, settings)
+        if not said:
+            return Reply(EMPTY)
         reasoning = settings.mode == "reasoning" or (command is not None and command.name == "deep")
-        return await self.answer(message, question, settings, exclude_id=doc["_id"], reasoning=reasoning)
+        # A question never cites itself; a photo asked about ("what does this say?") may.
+        itself = None if any(m.kind == "image" for m in media_texts) else doc["_id"]
+        return await self.answer(message, said, settings, exclude_id=itself, reasoning=reasoning)
 
     def _addressed(self, message: Message, settings: ChannelSettings, command: commands.Command | None) -> bool:
         if message.is_dm:
@@ -393,8 +414,21 @@ class Core:
 
     # -- answering ----------------------------------------------------------------------
 
-    async def recall(self, message: Message, query: str, k: int, exclude_id: str | None = None) -> list[Source]:
-        """Top memories for `query` within the scopes this conversation may read."""
+    async def recall(
+        self, message: Message, query: str, k: int, exclude_id: str | None = None,
+        turns: list[dict[str, Any]] | None = None,
+    ) -> list[Source]:
+        """Top memories for `query` within the scopes this conversation may read. A follow-up
+        ("why?", "and the second one?") that finds nothing by itself is searched together with
+        what was said before it in `turns`."""
+        sources = await self._recall(message, query, k, exclude_id)
+        if not sources and turns and _is_follow_up(query):
+            earlier = next((t for t in reversed(turns) if t.get("kind") != kinds.REPLY), None)
+            if earlier is not None and earlier.get("text"):
+                sources = await self._recall(message, f"{earlier['text']} {query}", k, exclude_id)
+        return sources
+
+    async def _recall(self, message: Message, query: str, k: int, exclude_id: str | None) -> list[Source]:
         scopes = readable_scopes(message)
         hits = []
         for scope in scopes:
@@ -421,15 +455,14 @@ class Core:
     async def answer(
         self, message: Message, question: str, settings: ChannelSettings, exclude_id: str | None, reasoning: bool
     ) -> Reply:
+        turns = await self.store.recent_turns(message, self.config.context_turns)
         if not self.answerer.has_model:
-            return self.answerer.retrieval_only(
-                await self.recall(message, question, self.config.retrieval_only_k, exclude_id)
-            )
-        sources = await self.recall(message, question, self.config.recall_k, exclude_id)
-        recent = await self.store.recent_in_scope(message.scope, message.conversation_key, 6, before=message.ts)
-        recent_lines = [f"{d['author_name']}: {' '.join(d['text'].split())[:300]}" for d in recent if d["text"]]
+            sources = await self.recall(message, question, self.config.retrieval_only_k, exclude_id, turns)
+            explain = await self.store.first_time(message.conversation_key, "retrieval_only")
+            return self.answerer.retrieval_only(sources, explain)
+        sources = await self.recall(message, question, self.config.recall_k, exclude_id, turns)
         prompt = build_prompt(
-            question, message.author_name, sources, recent_lines, bot_name=self.config.bot_name,
+            question, message.author_name, sources, self._turn_lines(turns), bot_name=self.config.bot_name,
             platform=message.platform, is_dm=message.is_dm, persona=settings.persona, now=utcnow(),
         )
         return await self._model_reply(message, prompt, sources, settings, reasoning)
@@ -469,6 +502,39 @@ class Core:
         if current is not None and current.key == message.event_key:
             return current
         return outbound.SendFence(message.event_key, lambda: self.store.fence_send(message.event_key, self.worker_id))
+
+    async def acknowledge(self, message: Message, said: str, remembered: bool, settings: ChannelSettings) -> Reply:
+        """A statement gets a short acknowledgement: one line without a model; with one, a
+        natural short reply (told that this is a statement), never with footnotes."""
+        if not remembered:
+            return Reply(_not_remembering(settings.memory == "off"))
+        if not self.answerer.has_model:
+            return Reply(ACKNOWLEDGED)
+        turns = await self.store.recent_turns(message, self.config.context_turns)
+        prompt = build_prompt(
+            said, message.author_name, [], self._turn_lines(turns), bot_name=self.config.bot_name,
+            platform=message.platform, is_dm=message.is_dm, persona=settings.persona, now=utcnow(), told=True,
+        )
+        try:
+            async with self.platforms[message.platform].typing(message):
+                raw = await self.answerer.complete(prompt)
+        except ModelUnavailable as exc:
+            self.metrics.inc("mnemo_model_errors_total")
+            return Reply(str(exc) if isinstance(exc, ModelMisconfigured) else MODEL_DOWN, is_error=True)
+        text, _ = cite(raw, [], keep_markers=False)  # no sources: any [n] is dropped
+        return Reply(text or ACKNOWLEDGED)
+
+    def _turn_lines(self, turns: list[dict[str, Any]]) -> list[str]:
+        lines = []
+        for turn in turns:
+            if turn.get("kind") == kinds.REPLY:
+                lines.append(turn_line(self.config.bot_name, turn.get("text") or ""))
+                continue
+            media = [MediaText(turn["media_kind"], turn["media_text"])] if turn.get("media_kind") else []
+            said = memory_text(turn.get("text") or "", media)
+            if said:
+                lines.append(turn_line(turn["author_name"], said))
+        return lines
 
     # -- delivery -----------------------------------------------------------------------
 
@@ -585,6 +651,22 @@ class Core:
             self.metrics.inc("mnemo_recovered_total", len(adopted))
             log.info("adopted %d pending messages from stopped workers", len(adopted))
         return len(adopted)
+
+
+_ANAPHORA = {"that", "it", "this", "those", "these", "them", "they", "he", "she", "him", "her", "one", "why",
+             "so", "and", "there", "then", "more", "else"}
+
+
+def _is_follow_up(question: str) -> bool:
+    """A short question leaning on what came before ("why do you say that?", "and the second one?")."""
+    words = re.findall(r"[\w']+", question.lower())
+    return 0 < len(words) <= 8 and any(w in _ANAPHORA for w in words)
+
+
+def _not_remembering(memory_off: bool) -> str:
+    if memory_off:
+        return "Noted, but memory is off in this channel, so I won't remember it."
+    return "Noted, but you opted out of memory, so I won't remember it (/optin resumes)."
 
 
 def memory_text(text: str, media: list[MediaText]) -> str:

@@ -14,6 +14,7 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from core.kinds import NOT_MEMORY, QUESTION, REPLY, TOLD
 from core.models import Message, Scope, utcnow
 
 # Processing states of a stored message (see core.pipeline).
@@ -32,7 +33,7 @@ def new_id(prefix: str = "m") -> str:
     return prefix + "".join(secrets.choice(_ID_ALPHABET) for _ in range(9))
 
 
-def message_doc(message: Message, *, remember: bool) -> dict[str, Any]:
+def message_doc(message: Message, *, remember: bool, kind: str = TOLD) -> dict[str, Any]:
     return {
         "_id": new_id(),
         "key": message.event_key,
@@ -52,6 +53,7 @@ def message_doc(message: Message, *, remember: bool) -> dict[str, Any]:
         "mentions_bot": message.mentions_bot,
         "replies_to_bot": message.replies_to_bot,
         "is_command": message.is_command,
+        "kind": kind,
         "attachments": [
             {"kind": a.kind, "filename": a.filename, "mime_type": a.mime_type, "size": a.size}
             for a in message.attachments
@@ -210,27 +212,59 @@ class Store:
         return result.matched_count == 1
 
     async def messages_by_ids(self, ids: list[str], scopes: list[Scope]) -> dict[str, dict[str, Any]]:
-        """Load memories by id, restricted to the allowed scopes (defence in depth)."""
+        """Load memories by id, restricted to the allowed scopes and to what people told
+        (defence in depth: questions to Mnemo and commands are never indexed either)."""
         if not ids or not scopes:
             return {}
-        cursor = self.messages.find({"_id": {"$in": ids}, "scope": {"$in": [s.key for s in scopes]}})
+        cursor = self.messages.find(
+            {"_id": {"$in": ids}, "scope": {"$in": [s.key for s in scopes]}, "kind": {"$nin": NOT_MEMORY}}
+        )
         return {doc["_id"]: doc async for doc in cursor}
 
-    async def recent_in_scope(
-        self, scope: Scope, conversation_key: str, limit: int, before: datetime | None = None
-    ) -> list[dict[str, Any]]:
-        query: dict[str, Any] = {"scope": scope.key, "conversation_key": conversation_key, "is_command": False}
-        if before is not None:
-            query["ts"] = {"$lt": before}
+    async def recent_turns(self, message: Message, limit: int) -> list[dict[str, Any]]:
+        """The last `limit` turns of `message`'s conversation before it, oldest first: what
+        people told and asked (commands left out) and Mnemo's public replies to them, each
+        reply right after the message it answers. In a thread, that thread and its root."""
+        query: dict[str, Any] = {
+            "scope": message.scope.key, "conversation_key": message.conversation_key, "ts": {"$lte": message.ts},
+            "key": {"$ne": message.event_key},
+            # Said while memory was off or opted out: not kept beyond answering it.
+            "$or": [{"kind": QUESTION}, {"kind": {"$nin": NOT_MEMORY}, "remembered": True}],
+        }
+        if message.thread_id:
+            query["$and"] = [{"$or": [{"thread_id": message.thread_id}, {"message_id": message.thread_id}]}]
+        else:
+            query["thread_id"] = None
         cursor = self.messages.find(query).sort("ts", DESCENDING).limit(limit)
-        docs = [doc async for doc in cursor]
-        docs.reverse()
-        return docs
+        said = [doc async for doc in cursor]
+        said.reverse()
+        replies: dict[str, list[dict[str, Any]]] = {}
+        found = self.replies.find({"message_key": {"$in": [d["key"] for d in said]}, "private": {"$ne": True}})
+        async for reply in found:
+            replies.setdefault(reply["message_key"], []).append({**reply, "kind": REPLY})
+        turns: list[dict[str, Any]] = []
+        for doc in said:
+            turns.append(doc)
+            turns.extend(sorted(replies.get(doc["key"], []), key=lambda r: r["ts"]))
+        return turns[-limit:]
+
+    async def first_time(self, conversation_key: str, notice: str) -> bool:
+        """True once per conversation for `notice` (e.g. the retrieval-only explanation)."""
+        field = f"notices.{notice}"
+        result = await self.conversations.update_one(
+            {"_id": conversation_key, field: {"$exists": False}}, {"$set": {field: utcnow()}}
+        )
+        if result.modified_count:
+            return True
+        created = await self.conversations.update_one(
+            {"_id": conversation_key}, {"$setOnInsert": {field: utcnow(), "created_at": utcnow()}}, upsert=True
+        )
+        return created.upserted_id is not None
 
     # -- replies ------------------------------------------------------------------------
 
     async def insert_reply(self, doc: dict[str, Any]) -> None:
-        await self.replies.insert_one({"_id": new_id("r"), "ts": utcnow(), **doc})
+        await self.replies.insert_one({"_id": new_id("r"), "ts": utcnow(), "kind": REPLY, **doc})
 
     async def is_bot_message(self, conversation_key: str, platform_message_id: str) -> bool:
         found = await self.replies.find_one(

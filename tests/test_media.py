@@ -138,7 +138,7 @@ def test_retrieval_only_mode_lists_voice_and_image_memories(
     )
     assert result.returncode == 0, result.stderr
     assert fake_llm.chat_requests() == []
-    replies = result.stdout.split("Retrieval-only mode")
+    replies = result.stdout.split("Retrieval-only")
     birthday, wifi = replies[-2], replies[-1]
     assert _footnote(birthday, "voice note", "March (3rd|third)"), result.stdout
     # a captioned photo is cited as an image, by its caption and its text

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pymongo.errors import BulkWriteError
 
+from core import commands, kinds
 from core.media import MediaText
 from core.memory.index import MemoryItem
 from core.models import Message
@@ -48,7 +49,9 @@ async def ingest_history(
         docs: list[dict[str, Any]] = []
         items: list[MemoryItem] = []
         for message, media in batch:
-            doc = message_doc(message, remember=not message.is_command)
+            # History is what people said to each other: told, except the /commands in it.
+            kind = kinds.COMMAND if message.is_command or commands.parse(message.text) else kinds.TOLD
+            doc = message_doc(message, remember=kind == kinds.TOLD, kind=kind)
             content = memory_text(message.text, media)
             if media:
                 doc["media_text"] = "\n".join(m.text for m in media)

@@ -1,7 +1,8 @@
 """A loopback OpenAI-compatible model server that litellm talks to over HTTP.
 
 It answers like a careful model would: it reads the numbered sources in the prompt and cites
-the one that best overlaps the question. Tests can script answers, make it fail (outage),
+the one that best overlaps the question; a statement ("NAME tells you: ...") gets a short
+acknowledgement. Tests can script answers, make it fail (outage),
 and read every request it received.
 """
 
@@ -34,6 +35,8 @@ def grounded_answer(messages: list[dict[str, Any]]) -> str:
     if isinstance(user, list):
         user = " ".join(part.get("text", "") for part in user if isinstance(part, dict))
     question = user.rsplit(" asks: ", 1)[-1]
+    if " tells you: " in question:  # a statement to acknowledge, not a question
+        return "Noted, thanks."
     best: tuple[int, str, str] | None = None
     for number, line in _SOURCE.findall(user):
         overlap = len(_words(question) & _words(line))
