@@ -124,7 +124,7 @@ async def test_adopted_reply_completes_what_a_dead_worker_sent_through_its_nonce
     question = fake.message(QUESTION, author=BOB, mention_bot=True)
     message = Message("discord", str(CHANNEL_ID), question["id"], str(BOB), "Bob", question["content"],
                       is_dm=False, mentions_bot=True)
-    doc = message_doc(message, remember=False)
+    doc = message_doc(message, remember=False, kind="question")
     doc.update(state=SENDING, owner="dead-worker", lease_until=utcnow() - timedelta(seconds=1),
                order_ts=message.ts.timestamp())
     await bot.core.store.insert_message(doc)

@@ -127,7 +127,7 @@ async def test_adopted_reply_completes_what_a_dead_worker_posted_instead_of_apol
     question = channel_message(CHANNEL_A, BOB, f"{MENTION} {QUESTION}")
     message = Message("slack", CHANNEL_A, question["ts"], BOB, "Bob", question["text"], is_dm=False,
                       mentions_bot=True)
-    doc = message_doc(message, remember=False)
+    doc = message_doc(message, remember=False, kind="question")
     doc.update(state=SENDING, owner="dead-worker", lease_until=utcnow() - timedelta(seconds=1),
                order_ts=message.ts.timestamp())
     await bot.core.store.insert_message(doc)
