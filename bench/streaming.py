@@ -61,7 +61,8 @@ async def one_reply(fake: FakeTelegram, chat: dict[str, Any], who: dict[str, Any
     asked = time.monotonic()
     fake.push(fake.message(chat, who, text, entities=entities))
     if group:
-        await wait_for(lambda: "[1]" in "".join(fake.visible_texts(chat["id"])))
+        # The footnotes arrive with the final text only (a preview may show "[1]" already).
+        await wait_for(lambda: "[1] Sam" in "".join(fake.visible_texts(chat["id"])))
         await asyncio.sleep(0.5)
         posts = calls(fake, "sendMessage", chat["id"], asked)
         edits = calls(fake, "editMessageText", chat["id"], asked)
@@ -115,9 +116,9 @@ async def run(replies: int) -> dict[str, Any]:
             for kind in ("private", "group", "group_429"):
                 rows = []
                 for n in range(replies):
-                    who = user(600 + n, "Sam")
-                    chat = private_chat(who) if kind == "private" else supergroup(-1003000000000 - n * 10
-                                                                                   - len(figures), "Bench")
+                    who = user(600 + len(figures) * 100 + n, "Sam")
+                    chat_id = -1003000000000 - len(figures) * 1000 - n  # a chat of its own per reply
+                    chat = private_chat(who) if kind == "private" else supergroup(chat_id, "Bench")
                     before = len(fake.sent_messages(chat["id"]))
                     fake.push(fake.message(chat, who, FACT.format(n=n)))
                     if kind == "private":  # acknowledged (itself an answer): wait for it
@@ -128,7 +129,7 @@ async def run(replies: int) -> dict[str, Any]:
                     rows.append(await one_reply(fake, chat, who, n))
                     if kind == "group_429":
                         shown = fake.visible_texts(chat["id"])
-                        rows[-1]["complete_once"] = float(len(shown) == 1 and FILLER in shown[0] and "[1]" in shown[0])
+                        rows[-1]["complete_once"] = float(len(shown) == 1 and FILLER in shown[0] and "[1] Sam" in shown[0])
                     log(f"{kind} {n + 1}/{replies}: {rows[-1]}")
                 figures[kind] = summary(rows)
             return figures
