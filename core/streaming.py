@@ -35,7 +35,11 @@ class LiveTarget(Protocol):
     """What an adapter gives the core to show one answer while it is written."""
 
     edit_interval_s: float  # the least time between two preview updates in this chat
-    shown_anything: bool  # False: nothing was previewed, `finish` sends the reply as usual
+
+    @property
+    def shown_anything(self) -> bool:
+        """False while nothing was previewed (`finish` then sends the reply as usual)."""
+        ...
 
     async def show(self, text: str) -> None:
         """Show `text` (the answer so far, `[n]` markers kept, no footnotes). May raise: a
