@@ -217,7 +217,8 @@ async def run(maximum: int, queries: int) -> list[dict[str, Any]]:
             cpu_before = cpu_seconds()
             for question in questions:
                 t0 = time.perf_counter()
-                await index.search(scope, question, 10, now=clock.timestamp())
+                # The whole ranking, every time: the relevance cut-off would only ever return sooner.
+                await index.search(scope, question, 10, now=clock.timestamp(), cutoff=False)
                 latencies.append((time.perf_counter() - t0) * 1000)
             search_cpu_ms = (cpu_seconds() - cpu_before) / len(questions) * 1000
             row = {

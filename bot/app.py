@@ -37,6 +37,7 @@ def core_config(settings: Settings) -> CoreConfig:
         data_dir=settings.data_dir,
         model=settings.model,
         reasoning_model=settings.effective_reasoning_model,
+        learning_model=settings.effective_learning_model,
         llm_api_base=settings.llm_api_base,
         llm_api_key=settings.llm_api_key,
         llm_timeout_s=settings.llm_timeout_s,

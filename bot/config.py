@@ -39,6 +39,7 @@ class Settings(BaseSettings):
 
     model: str | None = Field(None, validation_alias="MNEMO_MODEL")
     reasoning_model: str | None = Field(None, validation_alias="MNEMO_REASONING_MODEL")
+    learning_model: str | None = Field(None, validation_alias="MNEMO_LEARNING_MODEL")
     llm_api_base: str | None = Field(None, validation_alias="MNEMO_LLM_API_BASE")
     llm_api_key: str | None = Field(None, validation_alias="MNEMO_LLM_API_KEY")
     llm_timeout_s: float = Field(60.0, gt=0, validation_alias="MNEMO_LLM_TIMEOUT")
@@ -69,7 +70,7 @@ class Settings(BaseSettings):
     slack_api_base: str = Field("https://slack.com/api/", validation_alias="SLACK_API_BASE")
 
     @field_validator(
-        "mongodb_uri", "chroma_url", "model", "reasoning_model", "llm_api_base", "llm_api_key",
+        "mongodb_uri", "chroma_url", "model", "reasoning_model", "learning_model", "llm_api_base", "llm_api_key",
         "vision_model", "telegram_bot_token", "telegram_api_base", "telegram_webhook_url",
         "telegram_webhook_secret", "discord_bot_token", "slack_bot_token", "slack_app_token",
         "slack_signing_secret",
@@ -121,6 +122,10 @@ class Settings(BaseSettings):
     @property
     def effective_reasoning_model(self) -> str | None:
         return self.reasoning_model or self.model
+
+    @property
+    def effective_learning_model(self) -> str | None:
+        return self.learning_model or self.model
 
     @property
     def platforms(self) -> list[str]:

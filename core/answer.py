@@ -60,12 +60,28 @@ class Source:
     text: str
     link: str | None = None
     source_kind: str = "text"
+    # A learned fact: `text` is the fact, `author`/`date`/`link` those of the message it was
+    # learned from, `quote` that message's text; `until` is set on an earlier (no longer true) one.
+    fact_about: str | None = None
+    quote: str | None = None
+    until: datetime | None = None
 
     def prompt_line(self) -> str:
+        if self.fact_about is not None:
+            flat = " ".join(self.text.split())
+            when = (f"earlier, no longer true, {self.date:%Y-%m-%d} to {self.until:%Y-%m-%d}" if self.until
+                    else f"current, since {self.date:%Y-%m-%d}")
+            said = f" (from {self.author}: \u201c{shorten(self.quote, 300)}\u201d)" if self.quote else ""
+            return f"[{self.number}] fact about {self.fact_about} ({when}): {flat}{said}"
         kind = {"voice": " (voice note)", "audio": " (audio)", "image": " (image)"}.get(self.source_kind, "")
         return f"[{self.number}] {self.date:%Y-%m-%d %H:%M} {self.author}{kind}: {capped(self.text)}"
 
     def footnote(self) -> Footnote:
+        if self.fact_about is not None:
+            return Footnote(
+                number=self.number, author=self.author, date=self.date, quote=self.quote or "", link=self.link,
+                memory_id=self.memory_id, fact=self.text, earlier=self.until is not None,
+            )
         return Footnote(
             number=self.number, author=self.author, date=self.date, quote=self.text, link=self.link,
             source_kind=self.source_kind,  # type: ignore[arg-type]

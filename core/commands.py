@@ -16,13 +16,14 @@ from core.channel_settings import KEYS, SettingError, describe, valid_values
 from core.kinds import NOT_MEMORY
 from core.models import Message, Reply, ReplyFile, Scope, utcnow
 from core.platform import Platform
+from core.profile import exportable_facts, forget_all_facts, forget_fact, profile
 from core.render import shorten
 
 if TYPE_CHECKING:
     from core.engine import Core
 
 # Commands that control the bot rather than say something: never remembered.
-CONTROL = frozenset({"help", "start", "memory", "forget", "export", "settings", "optout", "optin"})
+CONTROL = frozenset({"help", "start", "memory", "profile", "forget", "export", "settings", "optout", "optin"})
 QUESTION = frozenset({"ask", "deep"})
 PAGE_SIZE = 10
 # What /memory lists: what people told (not questions to Mnemo, commands, failed attachments).
@@ -34,7 +35,8 @@ HELP = """I'm {bot}. I remember what's said where I am and answer with numbered 
 • In groups, mention me or reply to me (or /ask QUESTION); in DMs just talk to me.
 • /deep QUESTION — think harder on one question.
 • /memory [page] — what I remember from you, with ids.
-• /forget ID or /forget all — delete memories (and anything derived from them).
+• /profile — what I've learned about you, with where I learned it.
+• /forget ID or /forget all — delete memories or learned facts (and anything derived from them).
 • /export — all your data as a JSON file.
 • /optout, /optin — stop or resume remembering you anywhere.
 • /settings — this channel's settings; admins: /settings KEY VALUE.
@@ -134,6 +136,7 @@ async def delete_where(core: Core, query: dict[str, Any]) -> int:
     keys = [doc["key"] for doc in docs]
     await core.store.replies.delete_many({"$or": [{"message_key": {"$in": keys}}, {"footnotes.memory_id": {"$in": ids}}]})
     await core.store.messages.delete_many({"_id": {"$in": ids}})
+    await core.facts.forget_sources(ids)  # facts learned only from these messages go too
     return len(ids)
 
 
@@ -145,7 +148,11 @@ async def _forget(core: Core, message: Message, platform: Platform, args: str) -
         count = await delete_where(core, {"author_key": message.user_key, **MEMORIES})
         await delete_where(core, {"author_key": message.user_key, "key": {"$ne": message.event_key}})
         await core.store.replies.delete_many({"author_key": message.user_key})
-        return Reply(f"Done: I forgot everything from you ({count} messages).", private=True)
+        facts = await forget_all_facts(core, message.user_key)
+        learned = f" and {facts} learned facts" if facts else ""
+        return Reply(f"Done: I forgot everything from you ({count} messages{learned}).", private=True)
+    if await forget_fact(core, message, target):
+        return Reply(f"Done: I forgot {target}.", private=True)
     count = await delete_where(core, {"author_key": message.user_key, "_id": target})
     if count == 0:
         return Reply(f"I have no memory {target} from you. /memory lists your ids.", private=True, is_error=True)
@@ -153,7 +160,8 @@ async def _forget(core: Core, message: Message, platform: Platform, args: str) -
 
 
 async def _export(core: Core, message: Message, platform: Platform, args: str) -> Reply:
-    messages = [doc async for doc in core.store.messages.find({"author_key": message.user_key}).sort("ts", 1)]
+    mine = {"author_key": message.user_key, "withheld": {"$ne": True}}
+    messages = [doc async for doc in core.store.messages.find(mine).sort("ts", 1)]
     replies = [doc async for doc in core.store.replies.find({"author_key": message.user_key}).sort("ts", 1)]
     user = await core.store.get_user(message.user_key)
     payload = {
@@ -162,11 +170,12 @@ async def _export(core: Core, message: Message, platform: Platform, args: str) -
                  "opted_out": bool(user.get("opted_out"))},
         "messages": [_exportable(doc) for doc in messages],
         "replies_to_you": [_exportable(doc) for doc in replies],
+        "facts": await exportable_facts(core, message.user_key),
     }
     data = json.dumps(payload, ensure_ascii=False, indent=2, default=str).encode()
     name = f"mnemo-export-{message.platform}-{message.author_id}.json"
     return Reply(
-        f"Your data: {len(messages)} messages and {len(replies)} replies.",
+        f"Your data: {len(messages)} messages, {len(replies)} replies and {len(payload['facts'])} learned facts.",
         private=True,
         file=ReplyFile(name, data),
     )
@@ -175,6 +184,10 @@ async def _export(core: Core, message: Message, platform: Platform, args: str) -
 def _exportable(doc: dict[str, Any]) -> dict[str, Any]:
     drop = {"lease_until", "attempts", "state"}
     return {("id" if k == "_id" else k): v for k, v in doc.items() if k not in drop}
+
+
+async def _profile(core: Core, message: Message, platform: Platform, args: str) -> Reply:
+    return await profile(core, message)
 
 
 async def _optout(core: Core, message: Message, platform: Platform, args: str) -> Reply:
@@ -196,6 +209,7 @@ _HANDLERS = {
     "start": _help,
     "settings": _settings,
     "memory": _memory,
+    "profile": _profile,
     "forget": _forget,
     "export": _export,
     "optout": _optout,

@@ -11,6 +11,7 @@ class CoreConfig:
     data_dir: Path
     model: str | None = None
     reasoning_model: str | None = None
+    learning_model: str | None = None  # learns facts about people (core.learning); unset: `model`
     llm_api_base: str | None = None
     llm_api_key: str | None = None
     llm_timeout_s: float = 60.0

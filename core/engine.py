@@ -25,6 +25,9 @@ from core.answer import ACKNOWLEDGED, Answerer, Source, build_prompt, cite, to_d
 from core.channel_settings import ChannelSettings, SettingsRepo
 from core.config import CoreConfig
 from core.errors import MediaError, ModelMisconfigured, ModelUnavailable
+from core.facts import FactStore, fact_source, is_fact_id
+from core.facts import arrange as arrange_facts
+from core.learning import Learner
 from core.media import MediaReader, MediaText
 from core.memory.index import MemoryIndex, MemoryItem
 from core.metrics import Metrics
@@ -87,6 +90,8 @@ class Core:
         self.answerer = answerer or Answerer(config)
         self.media = media or MediaReader(config)
         self.settings = SettingsRepo(store)
+        self.facts = FactStore(store, index)
+        self.learner = Learner(self)
         self.platforms: dict[str, Platform] = {}
         self.runner = OrderedRunner()
         self.metrics = Metrics()
@@ -111,6 +116,7 @@ class Core:
 
     async def start(self, background: bool = True) -> None:
         await self.store.ensure_indexes()
+        await self.facts.ensure_indexes()
         await run_migrations(self)
         if self.answerer.has_model or not getattr(self.index.embedder, "name", "").startswith("local:"):
             # litellm takes seconds to import; done lazily inside the first answer it would
@@ -142,6 +148,7 @@ class Core:
         await asyncio.gather(*self._loops, return_exceptions=True)
         self._loops.clear()
         await self.runner.close(timeout)
+        await self.learner.close(timeout)  # what was told is learned before the process exits
         try:
             released = await self.store.release(self.worker_id)
             if released:
@@ -240,6 +247,7 @@ class Core:
             entry = await self._await_turn(conversation_key, entry)
             if entry.stored.result():
                 await self.process(entry.message)
+                await self._after_processing(entry.message)
                 self.metrics.observe("mnemo_message_seconds", time.monotonic() - entry.started,
                                      platform=entry.message.platform)
         finally:
@@ -247,6 +255,20 @@ class Core:
                 entry.done.set_result(None)
             if not self._queued.get(conversation_key):
                 self._queued.pop(conversation_key, None)
+
+    async def _after_processing(self, message: Message) -> None:
+        """Withheld speech (opted out, `memory off`) is dropped once answered; the rest may
+        teach Mnemo something (learned in the background, never in the reply's path)."""
+        found = await self.store.messages.find_one({"key": message.event_key}, {"withheld": 1, "state": 1})
+        if found is None:
+            return
+        if found.get("withheld"):
+            if found.get("state") in (DONE, FAILED):
+                await self.store.update_message(
+                    found["_id"], {"text": "", "media_text": None, "media_kind": None, "attachments": []}
+                )
+            return
+        self.learner.note(message)
 
     async def _await_turn(self, conversation_key: str, entry: _Queued) -> _Queued:
         """Per-conversation order across workers: while an earlier message of the conversation
@@ -337,7 +359,11 @@ class Core:
         content = memory_text(message.text, media_texts)
         user = await self.store.get_user(message.user_key)
         remembered = False
-        if settings.memory == "on" and not user.get("opted_out") and content.strip() and doc["remember"]:
+        withheld = settings.memory != "on" or bool(user.get("opted_out"))
+        if withheld:
+            # Kept only while answering needs it: never indexed, learned, listed or exported.
+            await self.store.update_message(doc["_id"], {"withheld": True})
+        elif content.strip() and doc["remember"]:
             await self.index.add([self._memory_item(doc, content, media_texts)])
             await self.store.update_message(doc["_id"], {"remembered": True})
             remembered = True
@@ -432,15 +458,24 @@ class Core:
         scopes = readable_scopes(message)
         hits = []
         for scope in scopes:
-            hits.extend(await self.index.search(scope, query, k + 1, now=message.ts.timestamp()))
+            # 2k: messages a recalled fact carries are left out (core.facts.arrange)
+            hits.extend(await self.index.search(scope, query, 2 * k + 1, now=message.ts.timestamp()))
         hits.sort(key=lambda h: h.score, reverse=True)
         ids = [h.memory_id for h in hits if h.memory_id != exclude_id]
         docs = await self.store.messages_by_ids(ids, scopes)
+        # Learned facts are memories too (core.facts): current ones, history only for the past.
+        facts = await self.facts.by_ids([i for i in ids if is_fact_id(i)], scopes)
+        scores = {h.memory_id: h.score for h in hits}
+        arranged = await arrange_facts(self.facts, ids, docs, facts, query, scopes, scores)
+        said = await self.facts.source_messages([doc for kind, doc in arranged if kind == "fact"])
         sources: list[Source] = []
-        for memory_id in ids:
-            found = docs.get(memory_id)
-            if found is None:
-                continue  # forgotten or out of scope: never shown
+        for kind, found in arranged:
+            if kind == "fact":
+                sources.append(fact_source(len(sources) + 1, found, said))
+                if len(sources) == k:
+                    break
+                continue
+            memory_id = found["_id"]
             media_kind = found.get("media_kind")
             text = memory_text(found["text"], [MediaText(media_kind, found["media_text"])] if media_kind else [])
             kind = media_kind or "text"
@@ -628,6 +663,7 @@ class Core:
                 items.append(self._memory_item(found, memory_text(found["text"], media), media))
         await self.index.add(items)
         await self.index.delete(old_scope, [d["_id"] for d in docs])
+        await self.facts.move_scope(old_scope.key, new_scope.key, new_key)
 
     async def enforce_retention(self) -> int:
         """Delete memories older than each channel's `retention_days`. Returns how many."""

@@ -124,6 +124,9 @@ class Footnote:
     link: str | None = None
     source_kind: Literal["text", "voice", "audio", "image", "file"] = "text"
     memory_id: str = ""
+    # A learned fact cited: the fact's text; author/date/quote/link are the message it came from.
+    fact: str | None = None
+    earlier: bool = False  # the fact is history (superseded or retired)
 
 
 @dataclass

@@ -34,10 +34,15 @@ def shorten(text: str, limit: int = 80) -> str:
 
 
 def footnote_line(note: Footnote, escape: Escape = plain_escape, link: LinkFormat = plain_link) -> str:
-    """`[n] Author (voice note), 2026-03-01: "quote" <link>`"""
+    """`[n] Author (voice note), 2026-03-01: "quote" <link>`; a learned fact:
+    `[n] Fact "fact" (earlier), learned from Author, 2026-03-01: "quote" <link>`."""
     kind = _KIND_LABEL.get(note.source_kind)
     who = f"{note.author} ({kind})" if kind else note.author
-    head = escape(f"[{note.number}] {who}, {note.date:%Y-%m-%d}: \u201c{shorten(note.quote)}\u201d")
+    said = f"{who}, {note.date:%Y-%m-%d}: \u201c{shorten(note.quote)}\u201d"
+    if note.fact is not None:
+        earlier = " (earlier)" if note.earlier else ""
+        said = f"Fact \u201c{shorten(note.fact)}\u201d{earlier}, learned from {said}"
+    head = escape(f"[{note.number}] {said}")
     if note.link:
         return f"{head} {link(note.link, 'link')}"
     return head

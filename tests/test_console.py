@@ -22,7 +22,7 @@ def test_recall_across_two_sessions_on_embedded_stores(base_env: dict[str, str],
     assert "March 3rd" in out
     # the answer cites the remembered message with a footnote: author, date, quote
     assert re.search(r"^\[1\] alice, \d{4}-\d{2}-\d{2}: .*orchids", out, re.MULTILINE), out
-    prompt = fake_llm.chat_requests()[-1]["messages"][-1]["content"]
+    prompt = fake_llm.answer_requests()[-1]["messages"][-1]["content"]
     assert re.search(r"^\[1\] .*alice: My sister Ana's birthday", prompt, re.MULTILINE), prompt
 
 
@@ -163,8 +163,8 @@ def test_forget_all_removes_everything_and_no_later_request_contains_it(
 def test_reasoning_mode_and_deep_use_the_reasoning_model(base_env: dict[str, str], fake_llm: FakeLLM) -> None:
     env = {**base_env, **fake_llm.env(), "MNEMO_REASONING_MODEL": "openai/deep-model"}
     run_chat(["the release train leaves every second Tuesday", "/deep why Tuesdays?"], env, "--user", "eve")
-    models = [r["model"] for r in fake_llm.chat_requests()]
+    models = [r["model"] for r in fake_llm.answer_requests()]
     assert models == ["fake-model", "deep-model"], models
     run_chat(["/settings mode reasoning", "@mnemo when does the release train leave?"], env,
              "--user", "eve", "--channel", "rel", "--admin")
-    assert fake_llm.chat_requests()[-1]["model"] == "deep-model"
+    assert fake_llm.answer_requests()[-1]["model"] == "deep-model"

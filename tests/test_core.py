@@ -61,7 +61,7 @@ async def test_a_redelivered_event_is_answered_once(make_core: Any, fake_llm: Fa
     await core.handle(msg("hello there, I like kites", mid="42"))
     assert len(platform.sent) == 1
     assert await core.store.messages.count_documents({"key": "test:dm-u1:42"}) == 1
-    assert len(fake_llm.chat_requests()) == 1
+    assert len(fake_llm.answer_requests()) == 1
 
 
 async def test_messages_of_one_conversation_are_answered_in_order(make_core: Any, fake_llm: FakeLLM) -> None:

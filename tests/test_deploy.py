@@ -45,7 +45,7 @@ class Cluster:
                 if c.args.get("channel") == channel and c.args.get("thread_ts") == ts]
 
     def model_calls_about(self, words: str) -> int:
-        return sum(words in json.dumps(r.get("messages", [])) for r in self.llm.chat_requests())
+        return sum(words in json.dumps(r.get("messages", [])) for r in self.llm.answer_requests())
 
     def stored(self, channel: str, ts: str) -> dict[str, Any] | None:
         return self.db.messages.find_one({"key": f"slack:{channel}:{ts}"})

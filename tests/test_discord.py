@@ -198,7 +198,7 @@ async def test_failed_sends_resume_without_doubling_or_dropping_a_chunk(bot: Bot
 async def test_settings_command_refused_for_member_applied_for_manage_channels(bot: Bot) -> None:
     fake = bot.fake
     names = {c["name"]: c for c in fake.commands or []}
-    assert {"ask", "memory", "forget", "export", "settings"} <= set(names)
+    assert {"ask", "memory", "profile", "forget", "export", "settings"} <= set(names)
     assert [(o["name"], o["type"]) for o in names["settings"]["options"]] == [("key", 3), ("value", 3)]
 
     refused = fake.interaction("settings", {"key": "respond_to", "value": "all"}, author=ALICE)

@@ -231,11 +231,53 @@ async def test_a_search_in_one_scope_never_returns_another_scopes_memory(make_co
     asker = said("what is the launch code name?", who="Bruno", when=NOW, mid="q1", group="team-b")
     texts = [s.text for s in await core.recall(asker, asker.text, 10)]
     assert not any("PELICAN" in t or "HERON" in t for t in texts), texts
-    hits = await core.index.search(Scope("group", "test", "team-b"), "launch code name", 10)
+    # Without the relevance cut-off team-b's one message comes back: still nothing of the others.
+    hits = await core.index.search(Scope("group", "test", "team-b"), "launch code name", 10, cutoff=False)
     assert hits and all("PELICAN" not in h.document and "HERON" not in h.document for h in hits)
     # Each scope still finds its own.
     hits = await core.index.search(Scope("group", "test", "team-a"), "launch code name", 10)
     assert "PELICAN" in hits[0].document
+
+
+async def small_scope(core: Core) -> Scope:
+    """A new user's first few memories."""
+    await remember(
+        core,
+        [
+            said("My locker code is 4471.", who="Alice", when=NOW - timedelta(days=3), mid="m1", group="new"),
+            said(
+                "My sister Ana's birthday is on March 3rd.", who="Alice", when=NOW - timedelta(days=2), mid="m2",
+                group="new",
+            ),
+            said("Pasta again for lunch today.", who="Alice", when=NOW - timedelta(days=1), mid="m3", group="new"),
+        ],
+    )
+    return Scope("group", "test", "new")
+
+
+async def test_a_question_with_nothing_relevant_gets_no_memories(make_core: Any) -> None:
+    core = await make_core()
+    core.register(RecordingPlatform())
+    scope = await small_scope(core)
+    for question in ("What is the capital of France?", "how do I bake sourdough bread?", "who won the match?"):
+        assert await core.index.search(scope, question, 10) == [], question
+        assert await ask(core, question, group="new", k=10) == [], question
+        # The ranking alone always has a best memory: it is the cut-off that says it is not relevant.
+        assert await core.index.search(scope, question, 10, cutoff=False), question
+
+
+async def test_a_relevant_question_still_finds_its_memory_in_a_small_scope(make_core: Any) -> None:
+    core = await make_core()
+    core.register(RecordingPlatform())
+    await small_scope(core)
+    for question, expected in (
+        ("When is Ana's birthday?", "Ana's birthday is on March 3rd"),
+        ("when was alice's sister born?", "Ana's birthday is on March 3rd"),  # no word in common but the name
+        ("what's the combination for my gym locker?", "locker code is 4471"),
+        ("What did Alice eat at noon?", "Pasta"),
+    ):
+        top = await ask(core, question, group="new", k=10)
+        assert top and expected in top[0], (question, top)
 
 
 async def test_a_deleted_memory_is_gone_from_word_and_meaning_search(make_core: Any, data_dir: Path) -> None:

@@ -395,7 +395,7 @@ async def test_commands_are_registered_on_start(bot: Running, telegram: FakeTele
     await bot.start()
     [registered] = await eventually(lambda: telegram.calls_to("setMyCommands"), what="setMyCommands")
     names = [c["command"] for c in registered.params["commands"]]
-    assert names == ["start", "help", "ask", "memory", "forget", "export", "settings"]
+    assert names == ["start", "help", "ask", "memory", "profile", "forget", "export", "settings"]
     assert telegram.calls_to("deleteWebhook")  # polling mode clears a leftover webhook first
 
 
@@ -560,3 +560,25 @@ async def test_text_mention_addresses_the_bot_and_anonymous_admins_are_admins(
     changed = telegram.push(telegram.message(GROUP, anonymous, "/settings citations off", sender_chat=GROUP))
     [yes] = await eventually(lambda: replies_to(telegram, changed), what="anonymous admin's change")
     assert "citations: on -> off" in visible(yes)
+
+
+async def test_profile_goes_to_the_dm_and_fact_footnotes_link_the_source_message(
+    bot: Running, telegram: FakeTelegram, fake_llm: FakeLLM
+) -> None:
+    await bot.start()
+    said = telegram.push(telegram.message(GROUP, ALICE, "I work at Initech Labs since Monday"))
+    profile = telegram.push(telegram.message(GROUP, ALICE, f"/profile@{BOT_USERNAME}"))
+    [private] = await eventually(lambda: telegram.sent_messages(ALICE["id"]), 120, "private /profile answer")
+    link = f"https://t.me/c/1234567890/{said['message']['message_id']}"
+    shown = visible(private)
+    assert "Alice works at Initech Labs" in shown and "I work at Initech Labs since Monday" in shown, shown
+    assert link in shown  # the source message, linked
+    assert replies_to(telegram, profile) == []  # nothing about Alice in the group itself
+
+    text = f"{MENTION} where Alice works?"
+    asked = telegram.push(telegram.message(GROUP, BOB, text, entities=[mention_entity(text, MENTION)]))
+    [answer] = await eventually(lambda: replies_to(telegram, asked), what="answer from the fact")
+    notes = [line for line in visible(answer).splitlines() if line.startswith("[") and "Fact" in line]
+    assert notes and "Alice works at Initech Labs" in notes[0] and "learned from Alice" in notes[0], visible(answer)
+    assert "I work at Initech Labs since Monday" in notes[0] and link.removeprefix("https://") in notes[0]
+    assert fake_llm.learning_requests()  # learned through the record_facts tool

@@ -28,8 +28,12 @@ def register_commands(tree: app_commands.CommandTree, run: RunCommand) -> None:
     ) -> None:
         await run(interaction, f"/memory {page}" if page else "/memory", True)
 
+    @tree.command(name="profile", description="What Mnemo has learned about you, with sources (only you see this)")
+    async def profile(interaction: discord.Interaction) -> None:
+        await run(interaction, "/profile", True)
+
     @tree.command(name="forget", description="Delete one memory by id, or all of yours")
-    @app_commands.describe(target="A memory id from /memory, or 'all'")
+    @app_commands.describe(target="A memory id from /memory, a fact id from /profile, or 'all'")
     async def forget(interaction: discord.Interaction, target: str) -> None:
         await run(interaction, f"/forget {target}", True)
 

@@ -51,6 +51,7 @@ COMMANDS = [
     BotCommand(command="help", description="How to use me"),
     BotCommand(command="ask", description="Ask me a question (in groups)"),
     BotCommand(command="memory", description="What I remember from you"),
+    BotCommand(command="profile", description="What I've learned about you, with sources"),
     BotCommand(command="forget", description="Forget one memory (ID) or all"),
     BotCommand(command="export", description="All your data as a JSON file"),
     BotCommand(command="settings", description="This chat's settings (admins can change them)"),

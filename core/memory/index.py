@@ -73,11 +73,15 @@ class MemoryIndex:
         embedder: Embedder,
         max_cached_memories: int = 400_000,
         exact_limit: int = EXACT_LIMIT,
+        relevance_cutoff: bool = True,
     ) -> None:
         self.chroma = chroma
         self.embedder = embedder
         # Scopes larger than this take their semantic candidates from Chroma's ANN index.
         self.exact_limit = exact_limit
+        # Searches return nothing when nothing in the scope is relevant (benchmarks turn it off
+        # to compare rankings).
+        self.relevance_cutoff = relevance_cutoff
         # Views cost ~2 KB per memory; past this many, the least recently searched scopes are dropped.
         self.max_cached_memories = max_cached_memories
         self._collections: dict[str, Any] = {}
@@ -218,17 +222,23 @@ class MemoryIndex:
 
     # -- search -------------------------------------------------------------------------
 
-    async def search(self, scope: Scope, query: str, k: int = 10, now: float | None = None) -> list[Hit]:
+    async def search(
+        self, scope: Scope, query: str, k: int = 10, now: float | None = None, cutoff: bool | None = None
+    ) -> list[Hit]:
         """The k memories of `scope` that best answer `query`, asked at `now` (epoch seconds;
-        it anchors "last week" and the like)."""
+        it anchors "last week" and the like); none when nothing there is relevant to it
+        (`cutoff`, default the index's `relevance_cutoff`)."""
         if not query.strip():
             return []
         view = await asyncio.to_thread(self._open_view, scope)
         if view is None:
             return []
         plan = plan_query(query, set(view.authors), now)
+        cutoff = self.relevance_cutoff if cutoff is None else cutoff
+        if cutoff and not view.knows_names(plan):
+            return []
         vector = (await self.embedder.embed([plan.semantic_text]))[0]
-        return await asyncio.to_thread(self._search_sync, scope, view, plan, vector, k)
+        return await asyncio.to_thread(self._search_sync, scope, view, plan, vector, k, cutoff)
 
     def _open_view(self, scope: Scope) -> ScopeView | None:
         collection = self._collection(scope, create=False)
@@ -237,7 +247,9 @@ class MemoryIndex:
         view = self._view(scope, collection)
         return view if len(view) else None
 
-    def _search_sync(self, scope: Scope, view: ScopeView, plan: Any, vector: np.ndarray, k: int) -> list[Hit]:
+    def _search_sync(
+        self, scope: Scope, view: ScopeView, plan: Any, vector: np.ndarray, k: int, cutoff: bool
+    ) -> list[Hit]:
         if len(vector) != view.dim:
             return []  # the embedding model changed since these memories were stored
         found: list[str] | None = None
@@ -250,7 +262,7 @@ class MemoryIndex:
                 found = list(result["ids"][0])
         with view.lock:
             pool = None if found is None else [view.row_of[i] for i in found if i in view.row_of]
-            ranked = view.search(plan, vector, k, pool)
+            ranked = view.search(plan, vector, k, pool, cutoff)
             return [
                 Hit(r.memory_id, r.score, view.documents[r.row], dict(view.metadatas[r.row])) for r in ranked
             ]

@@ -66,6 +66,11 @@ class Postings:
         return cached
 
 
+def idf(df: int, n_docs: int) -> float:
+    """BM25's inverse document frequency of a term found in `df` of `n_docs` documents."""
+    return float(np.log(1.0 + (n_docs - df + 0.5) / (df + 0.5)))
+
+
 def bm25(
     tf: np.ndarray,
     doc_len: np.ndarray,
@@ -76,5 +81,4 @@ def bm25(
     b: float = 0.75,
 ) -> np.ndarray:
     """Okapi BM25 of one term for rows with term frequency `tf` (arrays over the same rows)."""
-    idf = np.log(1.0 + (n_docs - df + 0.5) / (df + 0.5))
-    return idf * tf * (k1 + 1.0) / (tf + k1 * (1.0 - b + b * doc_len / max(avg_len, 1e-9)))
+    return idf(df, n_docs) * tf * (k1 + 1.0) / (tf + k1 * (1.0 - b + b * doc_len / max(avg_len, 1e-9)))

@@ -6,13 +6,15 @@
 - Time: "when ..." questions prefer memories that mention a time ("last week", "in May");
   "yesterday", "last week", "in May 2023" and the like become a window of message times,
   relative to when the question is asked.
+- Names: the capitalized words inside a sentence ("the capital of France", "Ana's birthday");
+  a question whose names the scope never mentions is about something Mnemo was not told.
 """
 
 from __future__ import annotations
 
 import calendar
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from core.memory.lexical import STOPWORDS, words
@@ -39,6 +41,16 @@ _IN_MONTH = re.compile(
     r"(?:\s+(\d{1,2})(?:st|nd|rd|th)?\b)?(?:\s*,?\s*((?:19|20)\d\d))?",
     re.IGNORECASE,
 )
+_NAME = re.compile(r"[A-Z][\w'’-]*")
+_SENTENCE_END = re.compile(r"[.?!:;\"“”(\[]\s*$")
+# Questions whose answer is a list gathered over time: "what books has Alice read?", "how many
+# times...", "what do Alice and Bruno both like?", "where has Alice camped?".
+_ASKS_MANY = re.compile(
+    r"^\W*(?:(?:what|which)\s+(?:\w+\s+)?\w+(?<!ss)(?<!'s)(?<![aeiu]s)s\b(?<!\bis)(?<!\bwas)(?<!\bdoes)(?<!\bhas)"
+    r"|how many\b|in what ways\b|what (?:kind|kinds|types?) of \w+s\b)"
+    r"|\bboth\b|\b(?:has|have)\s+\w+\s+(?:ever\s+)?\w+ed\b|\bhas\s+\w+\s+(?:been|done|made|read|seen|gone|taken|had)\b",
+    re.IGNORECASE,
+)
 _NUMBERS = {"a": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6}
 
 
@@ -57,6 +69,8 @@ class QueryPlan:
     named_authors: set[str]  # lower-cased author names the question mentions
     asks_when: bool
     window: tuple[float, float] | None  # epoch seconds [start, end) the question points at
+    names: list[str] = field(default_factory=list)  # lower-cased capitalized words, see `names_in`
+    asks_many: bool = False  # the answer is a list gathered over several conversations
 
 
 def plan_query(question: str, author_names: set[str], now: float | None = None) -> QueryPlan:
@@ -81,7 +95,29 @@ def plan_query(question: str, author_names: set[str], now: float | None = None) 
     semantic = " ".join(semantic.split())
     if len(words(semantic)) < 2:
         semantic = question  # the question is little more than a name: keep it whole
-    return QueryPlan(question, semantic, named, asks_when(question), time_window(question, now))
+    return QueryPlan(
+        question,
+        semantic,
+        named,
+        asks_when(question),
+        time_window(question, now),
+        names_in(question),
+        _ASKS_MANY.search(question) is not None,
+    )
+
+
+def names_in(question: str) -> list[str]:
+    """Lower-cased words written with a capital inside a sentence (a sentence's first word is
+    capitalized anyway), without stopwords, months and days: "Ana", "france", "lisbon"."""
+    found: list[str] = []
+    for match in _NAME.finditer(question):
+        before = question[: match.start()]
+        if not before.strip() or _SENTENCE_END.search(before) or (before and before[-1].isalnum()):
+            continue
+        for word in words(match.group()):
+            if word not in STOPWORDS and word not in _MONTHS and not TIME_WORDS.fullmatch(word) and word not in found:
+                found.append(word)
+    return found
 
 
 def time_window(question: str, now: float | None) -> tuple[float, float] | None:

@@ -13,6 +13,15 @@ in numpy arrays so a query is scored exactly, over every memory, in a few vector
   (conversations stay on a topic for a while): the session's BM25 as a whole, the best
   candidates of the session, and its better neighbour.
 
+A question whose answer is a list gathered over time ("what books has Alice read?") prefers
+the named person's own messages more, and results from several sessions over one session's.
+
+A question with nothing relevant in the scope gets no memories at all (`cutoff`): scores are
+normalized per query, so the best hit always looks good; the cut-off reads absolute signals:
+the raw cosine of the best semantic match, the share of the question's words (weighted by
+rarity) that the best lexical match covers, and whether the names the question uses appear
+in the scope at all.
+
 The view is private to one process and rebuilt from Chroma when its size differs from the
 collection's (another worker wrote to the scope); it is updated in place by this process's
 own writes. Never shared across scopes.
@@ -24,12 +33,13 @@ import bisect
 import contextlib
 import threading
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from core.memory.lexical import Postings, bm25, tokenize
+from core.memory.lexical import Postings, bm25, idf, tokenize, words
 from core.memory.query import QueryPlan, mentions_time
 
 try:
@@ -59,7 +69,18 @@ TIME_MENTION_BONUS = 0.2
 TIME_WINDOW_BONUS = 0.5  # memories from the time the question names ("last week", "in May")
 SESSION_WEIGHT = 0.3  # mean of the best three candidates of the memory's session
 NEIGHBOR_WEIGHT = 0.05  # the better of the memory's previous and next message
+# Questions whose answer is a list gathered over time ("what books has Alice read?"): the
+# person's own words weigh more, and each result loses this much per better result of its
+# session already taken, so several conversations are heard. Other questions are ranked as is
+# (their answer usually sits in one session, next to others of its turns).
+MANY_AUTHOR_BONUS = 0.6
+SESSION_REPEAT_PENALTY = 0.05
 CANDIDATES = 200
+# The relevance cut-off (measured with `bench/locomo.py --foreign`: other conversations'
+# questions must find nothing, a conversation's own still find their evidence). MiniLM puts
+# unrelated short texts at cosine 0.0-0.25 and paraphrases at 0.4 and above.
+RELEVANCE_FLOOR = 0.33  # best raw cosine + COVERAGE_WEIGHT * best lexical coverage
+COVERAGE_WEIGHT = 0.5
 # Above this many memories, semantic scoring reads only a pool: Chroma's nearest neighbours of
 # the query plus the best lexical matches (exact scoring of 100,000 vectors costs 5-20 ms).
 EXACT_LIMIT = 20_000
@@ -83,6 +104,7 @@ class ScopeView:
         self.documents: list[str] = []
         self.metadatas: list[dict[str, Any]] = []
         self.postings = Postings()
+        self.vocabulary: Counter[str] = Counter()  # unstemmed words of live memories
         self.alive_count = 0
         self.authors: list[str] = []  # distinct lower-cased author names
         self._author_index: dict[str, int] = {}
@@ -142,6 +164,7 @@ class ScopeView:
         self.row_of[memory_id] = row
         self.documents.append(document)
         self.metadatas.append(metadata)
+        self.vocabulary.update(set(words(document)))
         counts = Counter(tokenize(document))
         self.postings.add(row, counts)
         self.length[row] = sum(counts.values())
@@ -195,6 +218,7 @@ class ScopeView:
             return
         self.alive[row] = False
         self.alive_count -= 1
+        self.vocabulary.subtract(set(words(self.documents[row])))
         times, rows = self._by_conversation[str(self.metadatas[row].get("conversation_key") or "")]
         at = rows.index(row)
         del times[at]
@@ -207,27 +231,40 @@ class ScopeView:
     # -- search -------------------------------------------------------------------------
 
     def search(
-        self, plan: QueryPlan, query_vector: np.ndarray, k: int, dense_pool: list[int] | None = None
+        self,
+        plan: QueryPlan,
+        query_vector: np.ndarray,
+        k: int,
+        dense_pool: list[int] | None = None,
+        cutoff: bool = True,
     ) -> list[Ranked]:
-        """The k best memories. Without `dense_pool` every memory is scored exactly; with it
-        (large scopes: the rows an approximate nearest-neighbour index found for the query),
-        only that pool and the best lexical matches are, so a query reads a few hundred
-        vectors instead of all of them."""
+        """The k best memories, or none when nothing in the scope is relevant (`cutoff`).
+        Without `dense_pool` every memory is scored exactly; with it (large scopes: the rows
+        an approximate nearest-neighbour index found for the query), only that pool and the
+        best lexical matches are, so a query reads a few hundred vectors instead of all."""
         if self.alive_count == 0:
             return []
+        if cutoff and not self.knows_names(plan):
+            return []
         with one_blas_thread():
-            return self._search(plan, query_vector, k, dense_pool)
+            return self._search(plan, query_vector, k, dense_pool, cutoff)
+
+    def knows_names(self, plan: QueryPlan) -> bool:
+        """False when the question names things (capitalized words) none of which any memory
+        mentions: "the capital of France" asked where France never came up."""
+        return not plan.names or any(self.vocabulary[name] > 0 for name in plan.names)
 
     def _search(
-        self, plan: QueryPlan, query_vector: np.ndarray, k: int, dense_pool: list[int] | None
+        self, plan: QueryPlan, query_vector: np.ndarray, k: int, dense_pool: list[int] | None, cutoff: bool
     ) -> list[Ranked]:
         n = len(self.ids)
         alive = self.alive[:n]
-        lexical = self._lexical(plan.text, n)
+        lexical, coverage = self._lexical(plan.text, n, self._author_terms(plan))
         if dense_pool is None:
             in_pool = alive
-            semantic = self._semantic(query_vector, np.arange(n))
+            semantic, cosine = self._semantic(query_vector, np.arange(n))
             live = semantic[alive]
+            best_cosine = float(cosine[alive].max())
         else:
             lexical_pool = np.argpartition(-lexical, min(LEXICAL_POOL, n - 1))[:LEXICAL_POOL]
             pool = np.union1d(np.asarray(dense_pool, dtype=np.int64), lexical_pool[lexical[lexical_pool] > 0])
@@ -235,9 +272,12 @@ class ScopeView:
             in_pool = np.zeros(n, dtype=bool)
             in_pool[pool] = True
             semantic = np.zeros(n, dtype=np.float32)
-            semantic[pool] = self._semantic(query_vector, pool)
+            semantic[pool], cosine = self._semantic(query_vector, pool)
+            best_cosine = float(cosine.max()) if len(pool) else 0.0
             # The spread of similarities over the scope, from a fixed sample of it.
-            live = self._semantic(query_vector, self._sample(alive))
+            live = self._semantic(query_vector, self._sample(alive))[0]
+        if cutoff and best_cosine + COVERAGE_WEIGHT * float(coverage[alive].max()) < RELEVANCE_FLOOR:
+            return []
         semantic = (semantic - live.mean()) / (live.std() + 1e-9)  # cosines sit in a narrow band
         semantic[~in_pool] = 0.0
         score = LEXICAL_WEIGHT * _unit_max(lexical)
@@ -247,7 +287,7 @@ class ScopeView:
         if plan.named_authors:
             named = [self._author_index[a] for a in plan.named_authors if a in self._author_index]
             if named:
-                score += AUTHOR_BONUS * np.isin(self.author[:n], named)
+                score += (MANY_AUTHOR_BONUS if plan.asks_many else AUTHOR_BONUS) * np.isin(self.author[:n], named)
         if plan.asks_when:
             score += TIME_MENTION_BONUS * self.has_time[:n]
         if plan.window is not None:
@@ -266,24 +306,54 @@ class ScopeView:
                 np.where(after >= 0, finite[np.maximum(after, 0)], 0.0),
             )
             final = final + NEIGHBOR_WEIGHT * near
-        order = np.argsort(-final)[:k]
+        order = self._diversified(candidates, final, k, SESSION_REPEAT_PENALTY if plan.asks_many else 0.0)
         return [Ranked(self.ids[candidates[i]], float(final[i]), int(candidates[i])) for i in order]
 
-    def _lexical(self, text: str, n: int) -> np.ndarray:
-        """BM25 with each memory read together with its previous message in the session."""
+    def _diversified(self, candidates: np.ndarray, final: np.ndarray, k: int, penalty: float) -> list[int]:
+        """Positions of the k best, each losing `penalty` per better memory of its session
+        already taken."""
+        order = np.argsort(-final)
+        if not penalty or len(order) <= k:
+            return [int(i) for i in order[:k]]
+        sessions = self.session[candidates].tolist()
+        taken: list[int] = []
+        per_session: Counter[int] = Counter()
+        pending = [int(i) for i in order[: 4 * k + 20]]
+        while pending and len(taken) < k:
+            best = max(pending, key=lambda i: final[i] - penalty * per_session[sessions[i]])
+            pending.remove(best)
+            taken.append(best)
+            per_session[sessions[best]] += 1
+        return taken
+
+    def _author_terms(self, plan: QueryPlan) -> set[str]:
+        return {term for name in plan.named_authors for term in tokenize(name)}
+
+    def _lexical(self, text: str, n: int, ignored: Collection[str] = ()) -> tuple[np.ndarray, np.ndarray]:
+        """BM25 with each memory read together with its previous message in the session, and
+        each memory's coverage of the question: the share of the question's terms (weighted by
+        idf, an unknown term weighing most) that it or its previous message contains. Terms in
+        `ignored` (the names of the people asked about) count for BM25, not for coverage."""
         scores = np.zeros(n, dtype=np.float32)
+        covered = np.zeros(n, dtype=np.float32)
+        total = 0.0
         alive = self.alive[:n]
         prev = self.prev[:n]
         length = self.length[:n] + np.where(prev >= 0, self.length[np.maximum(prev, 0)], 0)
         avg = float(length[alive].mean()) if self.alive_count else 1.0
         nxt = self.next[:n]
         for term in set(tokenize(text)):
+            counted = term not in ignored
             found = self.postings.get(term)
             if found is None:
+                total += idf(0, self.alive_count) if counted else 0.0
                 continue
             rows, tfs = found
             keep = alive[rows]
             rows, tfs = rows[keep], tfs[keep]
+            weight = idf(len(rows), self.alive_count)  # a term's rows are distinct: its df
+            if counted:
+                total += weight
             if len(rows) == 0:
                 continue
             followers = nxt[rows]
@@ -292,7 +362,9 @@ class ScopeView:
             tf += np.bincount(followers[has], weights=tfs[has], minlength=n)
             hit = np.flatnonzero(tf)
             scores[hit] += bm25(tf[hit], length[hit], avg, len(hit), self.alive_count)
-        return scores
+            if counted:
+                covered[hit] += weight
+        return scores, (covered / total if total > 0 else covered)
 
     def _session_lexical(self, text: str, n: int) -> np.ndarray:
         """BM25 of each memory's whole session (the topic of the conversation around it)."""
@@ -315,8 +387,9 @@ class ScopeView:
                 scores[hit] += bm25(tf[hit], length[hit], avg, len(hit), int(present.sum()))
         return scores[session]
 
-    def _semantic(self, query_vector: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Similarity of `rows` to the query: the memory alone mixed with memory-plus-previous."""
+    def _semantic(self, query_vector: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Similarity of `rows` to the query (the memory alone mixed with memory-plus-previous),
+        and the raw cosine of the memory alone."""
         n = len(self.ids)
         if len(rows) == n:
             everything = self.vectors[:n] @ query_vector
@@ -326,7 +399,7 @@ class ScopeView:
             before = self.vectors[np.maximum(self.prev[rows], 0)] @ query_vector
         prev = self.prev[rows]
         with_context = np.where(prev >= 0, own + CONTEXT_GAMMA * before, own) / self.context_norm[rows]
-        return np.asarray((1 - CONTEXT_MIX) * own + CONTEXT_MIX * with_context, dtype=np.float32)
+        return np.asarray((1 - CONTEXT_MIX) * own + CONTEXT_MIX * with_context, dtype=np.float32), own
 
     def _sample(self, alive: np.ndarray, size: int = 2048) -> np.ndarray:
         rows = np.flatnonzero(alive)

@@ -4,6 +4,11 @@ It answers like a careful model would: it reads the numbered sources in the prom
 the one that best overlaps the question; a statement ("NAME tells you: ...") gets a short
 acknowledgement. Tests can script answers, make it fail (outage),
 and read every request it received.
+
+Learning requests (the `record_facts` tool, DESIGN.md "Learning") get an OpenAI-format
+`tool_calls` answer: scripted (`facts_script`) or derived from the messages by a few
+patterns ("I live in X", "I moved to X", "I work at X", "my favourite X is Y"), updating the
+matching known fact when the request lists one.
 """
 
 from __future__ import annotations
@@ -27,6 +32,60 @@ _STOP = {"the", "a", "an", "is", "was", "what", "when", "who", "did", "does", "d
 
 def _words(text: str) -> set[str]:
     return {w for w in _WORD.findall(text.lower()) if w not in _STOP and len(w) > 1}
+
+
+_KNOWN = re.compile(r"^\{(F\w+)\} (.*)$", re.MULTILINE)
+_TOLD = re.compile(r"^\[(\d+)\] ([^,\n]+), (\d{4}-\d{2}-\d{2}): (.*)$", re.MULTILINE)
+# (pattern over the message, topic, fact template): a topic holds one current fact per person.
+_FACT_PATTERNS = [
+    (re.compile(r"\bI (?:live|am living|now live) in ([A-Z][\w-]*(?: [A-Z][\w-]*)*)"), "lives in", "{who} lives in {0}"),
+    (re.compile(r"\bI (?:moved|have moved|just moved|relocated) to ([A-Z][\w-]*(?: [A-Z][\w-]*)*)"),
+     "lives in", "{who} lives in {0}"),
+    (re.compile(r"\bI (?:work|am working|now work) (?:at|for) ([A-Z][\w&-]*(?: [A-Z][\w&-]*)*)"), "works at",
+     "{who} works at {0}"),
+    (re.compile(r"\bI (?:started|got) a new job at ([A-Z][\w&-]*(?: [A-Z][\w&-]*)*)"), "works at",
+     "{who} works at {0}"),
+    (re.compile(r"\b[Mm]y favou?rite (\w+) is (?:now )?([\w-]+(?: [\w-]+)?)"), "favourite {0}",
+     "{who}'s favourite {0} is {1}"),
+]
+
+
+_KNOWN_TOPICS = [
+    re.compile(r"^(\S+) (lives) in "),
+    re.compile(r"^(\S+) (works) at "),
+    re.compile(r"^(\S+)'s favourite (\w+) is "),
+]
+
+
+def learning_request(body: dict[str, Any]) -> bool:
+    return any((t.get("function") or {}).get("name") == "record_facts" for t in body.get("tools") or [])
+
+
+def derived_facts(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a careful learner would record from the `[n] author, date: text` lines, updating a
+    listed `{F<id>} text` fact on the same topic about the same person."""
+    user = str(messages[-1].get("content") or "") if messages else ""
+    known = {fid: text for fid, text in _KNOWN.findall(user)}
+    ops: dict[tuple[str, str], dict[str, Any]] = {}
+    current: dict[tuple[str, str], str] = {}  # (person, topic) -> known fact id
+    for fid, text in known.items():
+        for pattern in _KNOWN_TOPICS:
+            match = pattern.match(text)
+            if match:
+                topic = match.group(2) if match.lastindex == 2 else ""
+                name = {"lives": "lives in", "works": "works at"}.get(topic, f"favourite {topic}")
+                current[(match.group(1).lower(), name)] = fid
+    for number, who, _date, text in _TOLD.findall(user):
+        for pattern, topic, template in _FACT_PATTERNS:
+            for match in pattern.finditer(text):
+                groups = [g.rstrip(".,!") for g in match.groups()]
+                fact = template.format(*groups, who=who)
+                key = (who.lower(), topic.format(*groups))
+                op: dict[str, Any] = {"op": "add", "text": fact, "about": who, "sources": [int(number)]}
+                if key in current:
+                    op.update(op="update", id=current[key])
+                ops[key] = op  # within one batch, the last word on a topic wins
+    return {"facts": list(ops.values())}
 
 
 def grounded_answer(messages: list[dict[str, Any]]) -> str:
@@ -53,6 +112,11 @@ class FakeLLM:
         self.requests: list[dict[str, Any]] = []
         self.fail = False  # answer 500s (an outage)
         self.script: list[str] = []  # next answers, in order, before falling back to grounded answers
+        # Learning: next record_facts arguments (a dict, or a raw string: a malformed answer),
+        # before falling back to facts derived from the messages; `learning_fail` answers 500s.
+        self.facts_script: list[Any] = []
+        self.facts_responder: Callable[[list[dict[str, Any]]], Any] = derived_facts
+        self.learning_fail = False
         self.responder: Callable[[list[dict[str, Any]]], str] = grounded_answer
         self.delay_s = 0.0
         # Streaming (`stream: true` requests are answered as server-sent events, like OpenAI):
@@ -86,6 +150,12 @@ class FakeLLM:
         with self._lock:
             return [r for r in self.requests if r.get("_path", "").endswith("chat/completions")]
 
+    def learning_requests(self) -> list[dict[str, Any]]:
+        return [r for r in self.chat_requests() if learning_request(r)]
+
+    def answer_requests(self) -> list[dict[str, Any]]:
+        return [r for r in self.chat_requests() if not learning_request(r)]
+
     def all_prompt_text(self) -> str:
         return "\n".join(json.dumps(r.get("messages", []), ensure_ascii=False) for r in self.chat_requests())
 
@@ -102,6 +172,8 @@ class FakeLLM:
     async def _chat(self, request: web.Request) -> web.Response:
         body = await request.json()
         body["_path"] = request.path
+        if learning_request(body):
+            return await self._learn(body)
         with self._lock:
             self.requests.append(body)
             fail = self.fail
@@ -168,6 +240,34 @@ class FakeLLM:
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+    async def _learn(self, body: dict[str, Any]) -> web.Response:
+        with self._lock:
+            self.requests.append(body)
+            fail = self.fail or self.learning_fail
+            scripted = self.facts_script.pop(0) if self.facts_script else None
+        if fail:
+            return web.json_response({"error": {"message": "upstream overloaded", "type": "server_error"}}, status=500)
+        arguments = scripted if scripted is not None else self.facts_responder(body.get("messages", []))
+        if not isinstance(arguments, str):
+            arguments = json.dumps(arguments)
+        call = {"id": f"call_{len(self.requests)}", "type": "function",
+                "function": {"name": "record_facts", "arguments": arguments}}
+        return web.json_response(
+            {
+                "id": f"chatcmpl-{len(self.requests)}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model", "fake-model"),
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": [call]},
+                     "finish_reason": "tool_calls"}
+                ],
+                "usage": {"prompt_tokens": len(json.dumps(body.get("messages", []))) // 4,
+                          "completion_tokens": len(arguments) // 4,
+                          "total_tokens": (len(json.dumps(body.get("messages", []))) + len(arguments)) // 4},
+            }
+        )
 
     async def _embeddings(self, request: web.Request) -> web.Response:
         body = await request.json()
