@@ -102,6 +102,8 @@ async def test_telegram_dm_streams_a_draft_then_sends_exactly_the_unstreamed_ans
     assert not any("[9]" in d.params["text"] for d in drafts)
     assert len({d.params["draft_id"] for d in drafts}) == 1
 
+    await asyncio.sleep(4.5)  # long enough for a forgotten typing loop to show itself
+    unstreamed_at = time.monotonic()
     telegram.push(telegram.message(b, SAM_B, QUESTION))
     await eventually(lambda: answer_calls(telegram, b["id"], "sendMessage", final[0].at), 60, "unstreamed answer")
     assert answer_calls(telegram, b["id"], "sendMessageDraft", final[0].at) == []
@@ -109,6 +111,11 @@ async def test_telegram_dm_streams_a_draft_then_sends_exactly_the_unstreamed_ans
     assert streamed == unstreamed
     assert "flower pot" in streamed and "[1]" in streamed and "[9]" not in streamed
     assert len(answer_calls(telegram, a["id"], "sendMessage", asked_at)) == 1
+    # "typing…" while Mnemo worked (renewed every 4 s), and no more once the answer was sent.
+    typing = answer_calls(telegram, a["id"], "sendChatAction", asked_at)
+    assert typing and typing[0].at < drafts[0].at
+    assert all(4.0 - 0.1 <= y.at - x.at < 5.5 for x, y in itertools.pairwise(typing))
+    assert not [t for t in typing if final[0].at < t.at < unstreamed_at]
 
 
 async def test_telegram_group_answer_is_edited_in_place_within_limits(

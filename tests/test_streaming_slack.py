@@ -147,3 +147,16 @@ async def test_adopted_reply_completes_what_a_dead_worker_posted_instead_of_apol
     assert update.args["ts"] == half["ts"]
     replies = fake_slack.calls_to("conversations.replies")
     assert replies and replies[0].args["include_all_metadata"] in (True, "true", "1")
+
+
+async def test_slack_dm_shows_the_assistant_status_while_thinking_and_clears_it(
+    bot: Bot, fake_slack: FakeSlack
+) -> None:
+    question = channel_message("D0ALICE", ALICE, QUESTION)
+    await bot.event(question)
+    await bot.settle()
+    assert [s["status"] for s in fake_slack.statuses] == ["is thinking…", ""]
+    assert all(s["channel_id"] == "D0ALICE" and s["thread_ts"] == question["ts"] for s in fake_slack.statuses)
+    [shown] = fake_slack.visible_texts("D0ALICE")
+    assert fake_slack.calls_to("assistant.threads.setStatus")[-1].at <= fake_slack.calls_to("chat.update")[-1].at
+    assert shown
