@@ -17,7 +17,7 @@ from typing import Any
 
 from core.config import CoreConfig
 from core.errors import ModelMisconfigured, ModelUnavailable
-from core.llm import provider_kwargs
+from core.llm import import_litellm, provider_kwargs
 from core.models import Footnote, Reply
 from core.outbound import backoff
 from core.render import shorten
@@ -184,7 +184,7 @@ class Answerer:
     async def complete(self, messages: list[dict[str, str]], reasoning: bool = False) -> str:
         """The whole answer in one call. One deadline (MNEMO_LLM_TIMEOUT) covers the call and
         litellm's retries: a hanging model gets the clear reply after it, not after each retry."""
-        import litellm
+        litellm = import_litellm()
 
         model = self._model(reasoning)
         try:
@@ -200,7 +200,7 @@ class Answerer:
     async def stream(self, messages: list[dict[str, str]], reasoning: bool = False) -> AsyncIterator[str]:
         """The answer as the model writes it (litellm `stream=True`). The deadline covers the
         wait for the first chunk (retries included) and every pause between chunks."""
-        import litellm
+        litellm = import_litellm()
 
         model = self._model(reasoning)
         deadline = self.config.llm_timeout_s
@@ -233,7 +233,6 @@ class Answerer:
     async def _call(self, litellm: Any, **kwargs: Any) -> Any:
         """One retry layer: transient provider failures are retried (within the caller's
         deadline), a refused key or unknown model is not; no sleep after the last attempt."""
-        litellm.suppress_debug_info = True  # its "Give Feedback" banner on every error
         for attempt in range(1, self.config.llm_retries + 2):
             try:
                 return await litellm.acompletion(num_retries=0, **kwargs, **provider_kwargs(self.config))

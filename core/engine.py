@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import importlib
 import itertools
 import logging
 import os
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from core import commands, kinds, outbound, streaming
+from core import commands, kinds, llm, outbound, streaming
 from core.answer import ACKNOWLEDGED, Answerer, Source, build_prompt, cite, to_datetime, turn_line
 from core.channel_settings import ChannelSettings, SettingsRepo
 from core.config import CoreConfig
@@ -35,6 +34,7 @@ from core.migrations import run_migrations
 from core.models import Message, Reply, Scope, utcnow
 from core.platform import Platform
 from core.privacy import readable_scopes
+from core.render import shorten
 from core.store import DONE, FAILED, Store, message_doc
 from core.tasks import OrderedRunner
 
@@ -121,7 +121,7 @@ class Core:
         if self.answerer.has_model or not getattr(self.index.embedder, "name", "").startswith("local:"):
             # litellm takes seconds to import; done lazily inside the first answer it would
             # block the event loop, and with it the lease heartbeat and every webhook.
-            await asyncio.to_thread(importlib.import_module, "litellm")
+            await asyncio.to_thread(llm.import_litellm)
             problem = self.answerer.check_configuration() if self.answerer.has_model else None
             if problem:
                 log.error("model configuration: %s", problem)
@@ -363,7 +363,7 @@ class Core:
         if withheld:
             # Kept only while answering needs it: never indexed, learned, listed or exported.
             await self.store.update_message(doc["_id"], {"withheld": True})
-        elif content.strip() and doc["remember"]:
+        elif content.strip() and kinds.small_talk_reply(content) is None and doc["remember"]:
             await self.index.add([self._memory_item(doc, content, media_texts)])
             await self.store.update_message(doc["_id"], {"remembered": True})
             remembered = True
@@ -381,7 +381,7 @@ class Core:
                     return Reply(_not_remembering(settings.memory == "off"))
                 note = Source(1, doc["_id"], message.author_name, message.ts, content, message.link,
                               media_texts[0].kind)
-                return Reply(f"Noted: I'll remember this {media_texts[0].kind} [1].", [note.footnote()])
+                return Reply(media_acknowledgement(media_texts), [note.footnote()])
             if message.attachments:
                 return Reply("I couldn't read that attachment.")
             return await self.acknowledge(message, said, remembered, settings)
@@ -541,10 +541,11 @@ class Core:
     async def acknowledge(self, message: Message, said: str, remembered: bool, settings: ChannelSettings) -> Reply:
         """A statement gets a short acknowledgement: one line without a model; with one, a
         natural short reply (told that this is a statement), never with footnotes."""
-        if not remembered:
+        small_talk = kinds.small_talk_reply(said)
+        if small_talk is None and not remembered:
             return Reply(_not_remembering(settings.memory == "off"))
         if not self.answerer.has_model:
-            return Reply(ACKNOWLEDGED)
+            return Reply(small_talk or ACKNOWLEDGED)
         turns = await self.store.recent_turns(message, self.config.context_turns)
         prompt = build_prompt(
             said, message.author_name, [], self._turn_lines(turns), bot_name=self.config.bot_name,
@@ -687,6 +688,17 @@ class Core:
             self.metrics.inc("mnemo_recovered_total", len(adopted))
             log.info("adopted %d pending messages from stopped workers", len(adopted))
         return len(adopted)
+
+
+def media_acknowledgement(media: list[MediaText]) -> str:
+    """A voice note or image without a question: say what was heard or read, so the person
+    can tell whether it was understood."""
+    first = media[0]
+    said = shorten(first.text, 160)
+    if not said:
+        return f"Noted: I'll remember this {first.kind} [1]."
+    verb = "Heard" if first.kind in ("voice", "audio") else f"Read in the {first.kind}"
+    return f"{verb}: “{said}”. I'll remember it [1]."
 
 
 _ANAPHORA = {"that", "it", "this", "those", "these", "them", "they", "he", "she", "him", "her", "one", "why",

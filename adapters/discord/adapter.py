@@ -88,6 +88,7 @@ class DiscordAdapter:
         self._intake = asyncio.Lock()
         # One governor per channel for sends, edits and typing (discord.py adds its buckets).
         self.pacer = KeyedPacer(Limits(interval_s=1.0))
+        self._stopping = asyncio.Event()
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -97,6 +98,8 @@ class DiscordAdapter:
     async def run(self) -> None:
         try:
             await self._login()
+            if self._stopping.is_set():
+                return
             await self.client.connect(reconnect=True)
         except discord.PrivilegedIntentsRequired:
             raise FatalPlatformError(INTENT_HELP) from None
@@ -113,6 +116,7 @@ class DiscordAdapter:
                 await self.client.close()
 
     async def _login(self) -> None:
+        """Log in, retrying with backoff while Discord is unreachable (one line per attempt)."""
         delay = 1.0
         while True:
             try:
@@ -120,11 +124,19 @@ class DiscordAdapter:
                 return
             except (aiohttp.ClientError, OSError, discord.DiscordServerError) as exc:
                 log.warning("discord: cannot reach the API (%s); retrying in %.0fs", type(exc).__name__, delay)
+                # Closing the HTTP session closes its connector too, and discord.py reuses the
+                # connector on the next login ("Session is closed"): drop it for a fresh one.
                 await self.client.http.close()
-                await asyncio.sleep(delay)
+                self.client.http.connector = discord.utils.MISSING
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                    return  # stop() while waiting: run() finds the client closed
+                except TimeoutError:
+                    pass
                 delay = min(delay * 2, 60.0)
 
     async def stop(self) -> None:
+        self._stopping.set()
         # Replies already in flight need REST: stay connected (bounded) while the core
         # finishes them; whatever is left is handed back by the core's drain.
         loop = asyncio.get_running_loop()

@@ -40,8 +40,8 @@ from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.delivery import DmChannels, ReplySender, retry_after
-from adapters.slack.directory import Identity, Permalinks, Users, constructed_permalink
-from adapters.slack.events import classify, slash_message, to_message
+from adapters.slack.directory import Identity, Permalinks, Users
+from adapters.slack.events import classify, constructed_permalink, slash_message, to_message
 from adapters.slack.live import EditedAnswer
 from core.engine import Core
 from core.errors import FatalPlatformError, MediaError

@@ -19,6 +19,9 @@ import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+# Pure helpers live with the payload mapping (the history importer uses them without the SDK).
+from adapters.slack.events import display_name as _display_name
+
 log = logging.getLogger(__name__)
 
 LOOKUP_TIMEOUT_S = 2.0
@@ -99,13 +102,6 @@ class Users:
         return bool(user.get("is_admin") or user.get("is_owner") or user.get("is_primary_owner"))
 
 
-def _display_name(profile: dict[str, Any], user: dict[str, Any]) -> str:
-    for value in (profile.get("display_name"), profile.get("real_name"), user.get("real_name"), user.get("name")):
-        if isinstance(value, str) and value.strip():
-            return value.strip()
-    return ""
-
-
 class Permalinks:
     """chat.getPermalink, cached per channel/ts. Concurrent lookups of the same message (its
     `message` and `app_mention` events arrive together) share one call."""
@@ -144,16 +140,6 @@ class Permalinks:
         # Cached before the in-flight future resolves, so no later caller starts a second call.
         self._cache.put(f"{channel}:{ts}", str(permalink))
         return str(permalink)
-
-
-def constructed_permalink(team_url: str, channel: str, ts: str, thread_ts: str | None) -> str | None:
-    """Slack's permalink format, used when chat.getPermalink is unavailable."""
-    if not team_url:
-        return None
-    link = f"{team_url.rstrip('/')}/archives/{channel}/p{ts.replace('.', '')}"
-    if thread_ts and thread_ts != ts:
-        link += f"?thread_ts={thread_ts}&cid={channel}"
-    return link
 
 
 def _reason(exc: BaseException) -> str:

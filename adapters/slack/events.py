@@ -23,7 +23,8 @@ _SAID = {None, "file_share", "thread_broadcast", "me_message"}
 
 # `/mnemo SUBCOMMAND ...` -> the core's text commands.
 SUBCOMMANDS = frozenset(
-    {"ask", "deep", "memory", "profile", "forget", "export", "settings", "help", "start", "optout", "optin"}
+    {"ask", "deep", "memory", "profile", "forget", "export", "settings", "help", "start", "optout", "optin",
+     "dashboard"}
 )
 
 Fetcher = Callable[[dict[str, Any]], Callable[[], Awaitable[bytes]]]
@@ -118,6 +119,23 @@ def to_message(
         attachments=attachments,
         edited=said.edited,
     )
+
+
+def display_name(profile: dict[str, Any], user: dict[str, Any]) -> str:
+    for value in (profile.get("display_name"), profile.get("real_name"), user.get("real_name"), user.get("name")):
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return ""
+
+
+def constructed_permalink(team_url: str, channel: str, ts: str, thread_ts: str | None) -> str | None:
+    """Slack's permalink format, used when chat.getPermalink is unavailable."""
+    if not team_url:
+        return None
+    link = f"{team_url.rstrip('/')}/archives/{channel}/p{ts.replace('.', '')}"
+    if thread_ts and thread_ts != ts:
+        link += f"?thread_ts={thread_ts}&cid={channel}"
+    return link
 
 
 def command_text(text: str) -> str:

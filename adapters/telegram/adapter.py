@@ -55,6 +55,7 @@ COMMANDS = [
     BotCommand(command="forget", description="Forget one memory (ID) or all"),
     BotCommand(command="export", description="All your data as a JSON file"),
     BotCommand(command="settings", description="This chat's settings (admins can change them)"),
+    BotCommand(command="dashboard", description="A one-time link to your web page"),
 ]
 
 T = TypeVar("T")
@@ -153,8 +154,14 @@ class TelegramAdapter:
         await self.bot.session.close()
 
     async def _get_me(self) -> Any:
+        """getMe until it answers: Telegram down at start-up is retried with backoff, one line
+        per attempt. The loop itself checks for stop(): a cancellation that lands while the
+        pause is ending can be swallowed (asyncio.wait_for before 3.12), and a loop that only
+        paused would then spin on instant failures, logging thousands of lines a second."""
         delay = 1.0
         while True:
+            if self._stopping.is_set():
+                raise _Stopped
             try:
                 return await self.bot.get_me()
             except TelegramUnauthorizedError as exc:

@@ -10,7 +10,8 @@ not replied to.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import itertools
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,12 +31,16 @@ _Batch = tuple[list[dict[str, Any]], list[MemoryItem], "asyncio.Task[np.ndarray]
 
 
 async def ingest_history(
-    core: Core, entries: Sequence[tuple[Message, list[MediaText]]], batch_size: int = 256
+    core: Core,
+    entries: Iterable[tuple[Message, list[MediaText]]],
+    batch_size: int = 256,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> int:
     """Store and remember `entries` (message, already-read media text), in order.
 
     Dedupe is the pipeline's: a message whose event key is already stored is skipped.
     Channel `memory` settings and user opt-outs are honoured as in the pipeline.
+    `on_batch(messages, newly_stored)` is called after each batch is stored and indexed.
     Returns how many messages were newly stored.
     """
     from core.engine import memory_text  # the pipeline's own rule for what is remembered
@@ -91,15 +96,23 @@ async def ingest_history(
     stored = 0
     previous: _Batch | None = None  # embedded (or embedding), to be stored next
     current: _Batch | None = None  # embedding while `previous` is stored
+
+    async def store_and_report(batch: _Batch) -> int:
+        added = await store_batch(*batch)
+        if on_batch is not None:
+            on_batch(len(batch[0]), added)
+        return added
+
+    pending = iter(entries)
     try:
-        for start in range(0, len(entries), batch_size):
-            docs, items = await prepare(entries[start : start + batch_size])
+        while chunk := list(itertools.islice(pending, batch_size)):
+            docs, items = await prepare(chunk)
             current = (docs, items, asyncio.create_task(core.index.embed_items(items)))
             if previous is not None:
-                stored += await store_batch(*previous)
+                stored += await store_and_report(previous)
             previous, current = current, None
         if previous is not None:
-            stored += await store_batch(*previous)
+            stored += await store_and_report(previous)
             previous = None
     finally:
         # On an error, neither batch's embedding task is left running or unawaited.
