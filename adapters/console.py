@@ -1,13 +1,17 @@
 """The console platform (`mnemo chat`): stdin lines in, replies on stdout.
 
-Each line is one message from the user; `/attach PATH [caption]` sends a file. stdout carries
-replies only, so the session can be scripted from a pipe.
+Each line is one message from the user; `/attach PATH [caption]` sends a file (PATH may be
+quoted, shell-style). From a pipe, stdout carries replies only, so the session can be
+scripted; in a terminal (adapters/console_terminal.py) replies are set off by a `mnemo>`
+prefix under a prompt with line editing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import mimetypes
+import os
+import shlex
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -47,6 +51,7 @@ class ConsoleAdapter:
         admin: bool = False,
         out: TextIO | None = None,
         exports_dir: Path | None = None,
+        reply_prefix: str = "",
     ) -> None:
         self.core = core
         self.user = user
@@ -54,21 +59,38 @@ class ConsoleAdapter:
         self.admin = admin
         self.out = out or sys.stdout
         self.exports_dir = exports_dir or core.config.data_dir / "exports"
+        self.reply_prefix = reply_prefix  # the terminal's "mnemo> " (continuation lines indented)
+
+    def say(self, text: str) -> None:
+        """One reply or notice: with the terminal's prefix and a blank line after it."""
+        text = text.rstrip("\n")
+        if self.reply_prefix:
+            indent = "\n" + " " * len(self.reply_prefix)
+            text = self.reply_prefix + indent.join(text.split("\n")) + "\n"
+        self.out.write(text + "\n")
+        self.out.flush()
 
     # -- Platform -----------------------------------------------------------------------
 
     async def send_reply(self, message: Message, reply: Reply) -> list[str]:
         text = render_plain(reply)
         if reply.file is not None:
-            self.exports_dir.mkdir(parents=True, exist_ok=True)
-            path = (self.exports_dir / reply.file.filename).resolve()
-            path.write_bytes(reply.file.data)
+            path = await asyncio.to_thread(self._write_private_file, reply.file.filename, reply.file.data)
             text = f"{text}\nWritten to {path}"
         if reply.private and not message.is_dm:
             text = f"(only you can see this) {text}"
-        self.out.write(text.rstrip("\n") + "\n")
-        self.out.flush()
+        self.say(text)
         return [uuid.uuid4().hex]
+
+    def _write_private_file(self, filename: str, data: bytes) -> Path:
+        """An export holds someone's memories: created owner-only (0600) in an owner-only folder."""
+        self.exports_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = (self.exports_dir / Path(filename).name).resolve()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as file:
+            os.fchmod(file.fileno(), 0o600)  # also when it existed with wider permissions
+            file.write(data)
+        return path
 
     async def is_admin(self, message: Message) -> bool:
         return self.admin
@@ -84,17 +106,13 @@ class ConsoleAdapter:
         if not visible(text):
             return None  # a blank line: nothing said, nothing to answer
         attachments: list[Attachment] = []
-        if text.startswith("/attach"):
-            parts = text.split(maxsplit=2)
-            if len(parts) < 2:
-                self.out.write("Usage: /attach PATH [caption]\n")
-                self.out.flush()
+        if text == "/attach" or text.startswith("/attach "):
+            path, caption = attach_arguments(text[len("/attach"):])
+            if path is None:
+                self.say('Usage: /attach PATH [caption]  (quote a PATH with spaces: /attach "my note.ogg")')
                 return None
-            path = Path(parts[1]).expanduser()
-            caption = parts[2] if len(parts) > 2 else ""
             if not path.is_file():
-                self.out.write(f"No such file: {path}\n")
-                self.out.flush()
+                self.say(f"No such file: {path}")
                 return None
             attachments.append(
                 Attachment(
@@ -120,6 +138,12 @@ class ConsoleAdapter:
             conversation_title=self.channel,
         )
 
+    async def handle_line(self, line: str) -> None:
+        """One input line, handled fully (stored, answered, reply printed)."""
+        message = self.to_message(line)
+        if message is not None:
+            await self.core.handle(message)
+
     async def run(self, stdin: TextIO | None = None) -> None:
         """Read lines until end of input; each is handled fully before the next is read."""
         source = stdin or sys.stdin
@@ -128,7 +152,28 @@ class ConsoleAdapter:
             line = await loop.run_in_executor(None, source.readline)
             if line == "":
                 return
-            message = self.to_message(line)
-            if message is None:
-                continue
-            await self.core.handle(message)
+            await self.handle_line(line)
+
+
+def attach_arguments(rest: str) -> tuple[Path | None, str]:
+    """`/attach`'s PATH and caption. PATH is one shell-style word ("my note.ogg", my\\ note.ogg);
+    an unquoted path with spaces is found too when a prefix of the line names a file. The
+    caption is the rest of the line as typed (quotes and apostrophes kept)."""
+    rest = rest.strip()
+    if not rest:
+        return None, ""
+    words = rest.split(" ")
+    for cut in range(len(words), 1, -1):  # unquoted path with spaces: the longest existing prefix
+        candidate = Path(" ".join(words[:cut])).expanduser()
+        if " " in candidate.name and candidate.is_file():
+            return candidate, " ".join(words[cut:]).strip()
+    lexer = shlex.shlex(rest, posix=True)
+    lexer.whitespace_split = True
+    lexer.commenters = ""
+    try:
+        path = lexer.get_token()
+    except ValueError:  # an unclosed quote: take the first word as it is
+        path = words[0]
+        return Path(path).expanduser(), rest[len(path):].strip()
+    caption = lexer.instream.read().strip()
+    return (Path(path).expanduser(), caption) if path else (None, "")

@@ -46,6 +46,7 @@ def core_config(settings: Settings) -> CoreConfig:
         max_file_bytes=int(settings.max_file_mb * 1024 * 1024),
         max_audio_seconds=settings.max_audio_minutes * 60,
         lease_seconds=settings.lease_seconds,
+        public_url=settings.public_url,
     )
 
 
@@ -115,6 +116,10 @@ def build_adapters(settings: Settings, core: Core) -> list[RunnableAdapter]:
                 api_base=settings.slack_api_base,
             )
         )
+    if settings.public_url:  # the web dashboard, where /dashboard links lead
+        from adapters.web import WebAdapter
+
+        adapters.append(WebAdapter(core))
     return adapters
 
 

@@ -6,6 +6,7 @@ variable (see `load_settings`).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
@@ -16,6 +17,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 class ConfigError(Exception):
     """A configuration problem, phrased for a person: names the variable."""
+
+
+def default_data_dir() -> Path:
+    """Per user, wherever `mnemo` is started from: `$XDG_DATA_HOME/mnemo` (~/.local/share/mnemo)."""
+    base = os.environ.get("XDG_DATA_HOME", "").strip()
+    return (Path(base) if base and Path(base).is_absolute() else Path.home() / ".local" / "share") / "mnemo"
 
 
 def _url(value: str | None, variable: str) -> str | None:
@@ -32,7 +39,7 @@ class Settings(BaseSettings):
         env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
     )
 
-    data_dir: Path = Field(Path("./mnemo-data"), validation_alias="MNEMO_DATA_DIR")
+    data_dir: Path = Field(default_factory=lambda: default_data_dir(), validation_alias="MNEMO_DATA_DIR")
     mongodb_uri: str | None = Field(None, validation_alias="MONGODB_URI")
     mongodb_db: str = Field("mnemo", validation_alias="MNEMO_MONGODB_DB")
     chroma_url: str | None = Field(None, validation_alias="CHROMA_URL")
@@ -51,6 +58,7 @@ class Settings(BaseSettings):
 
     http_host: str = Field("0.0.0.0", validation_alias="MNEMO_HTTP_HOST")
     http_port: int = Field(8080, ge=0, le=65535, validation_alias="MNEMO_HTTP_PORT")
+    public_url: str | None = Field(None, validation_alias="MNEMO_PUBLIC_URL")
     lease_seconds: float = Field(120.0, ge=1, validation_alias="MNEMO_LEASE_SECONDS")
     drain_seconds: float = Field(20.0, ge=0, validation_alias="MNEMO_DRAIN_SECONDS")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", validation_alias="MNEMO_LOG_LEVEL")
@@ -73,7 +81,7 @@ class Settings(BaseSettings):
         "mongodb_uri", "chroma_url", "model", "reasoning_model", "learning_model", "llm_api_base", "llm_api_key",
         "vision_model", "telegram_bot_token", "telegram_api_base", "telegram_webhook_url",
         "telegram_webhook_secret", "discord_bot_token", "slack_bot_token", "slack_app_token",
-        "slack_signing_secret",
+        "slack_signing_secret", "public_url",
         mode="before",
     )
     @classmethod
@@ -81,7 +89,7 @@ class Settings(BaseSettings):
         return None if isinstance(value, str) and value.strip() == "" else value
 
     @field_validator("chroma_url", "llm_api_base", "telegram_api_base", "telegram_webhook_url",
-                     "discord_api_base", "slack_api_base")
+                     "discord_api_base", "slack_api_base", "public_url")
     @classmethod
     def _is_url(cls, value: str | None) -> str | None:
         return _url(value, "")

@@ -6,10 +6,12 @@ application commands) into the text form parsed here. Memory controls answer pri
 
 from __future__ import annotations
 
+import asyncio
+import glob
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from core.channel_settings import KEYS, SettingError, describe, valid_values
@@ -23,7 +25,9 @@ if TYPE_CHECKING:
     from core.engine import Core
 
 # Commands that control the bot rather than say something: never remembered.
-CONTROL = frozenset({"help", "start", "memory", "profile", "forget", "export", "settings", "optout", "optin"})
+CONTROL = frozenset(
+    {"help", "start", "memory", "profile", "forget", "export", "settings", "optout", "optin", "dashboard"}
+)
 QUESTION = frozenset({"ask", "deep"})
 PAGE_SIZE = 10
 # What /memory lists: what people told (not questions to Mnemo, commands, failed attachments).
@@ -39,6 +43,7 @@ HELP = """I'm {bot}. I remember what's said where I am and answer with numbered 
 • /forget ID or /forget all — delete memories or learned facts (and anything derived from them).
 • /export — all your data as a JSON file.
 • /optout, /optin — stop or resume remembering you anywhere.
+• /dashboard — a one-time link to your web page: see, search, forget and export what I know.
 • /settings — this channel's settings; admins: /settings KEY VALUE.
 What you tell me in a DM stays in your DMs; what's said in a group stays in that group."""
 
@@ -150,7 +155,9 @@ async def _forget(core: Core, message: Message, platform: Platform, args: str) -
         await core.store.replies.delete_many({"author_key": message.user_key})
         facts = await forget_all_facts(core, message.user_key)
         learned = f" and {facts} learned facts" if facts else ""
-        return Reply(f"Done: I forgot everything from you ({count} messages{learned}).", private=True)
+        exports = await asyncio.to_thread(_delete_earlier_exports, core, message)
+        also = f" and deleted {exports} earlier export file{'s' if exports != 1 else ''}" if exports else ""
+        return Reply(f"Done: I forgot everything from you ({count} messages{learned}){also}.", private=True)
     if await forget_fact(core, message, target):
         return Reply(f"Done: I forgot {target}.", private=True)
     count = await delete_where(core, {"author_key": message.user_key, "_id": target})
@@ -160,20 +167,31 @@ async def _forget(core: Core, message: Message, platform: Platform, args: str) -
 
 
 async def _export(core: Core, message: Message, platform: Platform, args: str) -> Reply:
+    """What a person sent (commands left out) and what Mnemo replied to it, and the facts learned,
+    without the bookkeeping fields (keys, leases, owners, order), times in ISO 8601 UTC."""
     mine = {"author_key": message.user_key, "withheld": {"$ne": True}}
-    messages = [doc async for doc in core.store.messages.find(mine).sort("ts", 1)]
-    replies = [doc async for doc in core.store.replies.find({"author_key": message.user_key}).sort("ts", 1)]
+    everything = [doc async for doc in core.store.messages.find(mine).sort("ts", 1)]
+    messages = [doc for doc in everything if not _is_command(doc)]
+    commands = {doc["key"] for doc in everything if _is_command(doc)}
+    ids_by_key = {doc["key"]: doc["_id"] for doc in messages}
+    replies = [
+        doc async for doc in core.store.replies.find({"author_key": message.user_key}).sort("ts", 1)
+        if doc.get("message_key") not in commands
+    ]
     user = await core.store.get_user(message.user_key)
+    now = utcnow()
     payload = {
-        "exported_at": utcnow().isoformat(),
+        "exported_at": now,
         "user": {"platform": message.platform, "id": message.author_id, "name": message.author_name,
                  "opted_out": bool(user.get("opted_out"))},
         "messages": [_exportable(doc) for doc in messages],
-        "replies_to_you": [_exportable(doc) for doc in replies],
+        "replies_to_you": [
+            {**_exportable(doc), "in_reply_to": ids_by_key.get(doc.get("message_key"))} for doc in replies
+        ],
         "facts": await exportable_facts(core, message.user_key),
     }
-    data = json.dumps(payload, ensure_ascii=False, indent=2, default=str).encode()
-    name = f"mnemo-export-{message.platform}-{message.author_id}.json"
+    data = json.dumps(_iso_times(payload), ensure_ascii=False, indent=2, default=str).encode()
+    name = f"{export_file_prefix(message)}{now:%Y%m%dT%H%M%SZ}.json"
     return Reply(
         f"Your data: {len(messages)} messages, {len(replies)} replies and {len(payload['facts'])} learned facts.",
         private=True,
@@ -181,9 +199,48 @@ async def _export(core: Core, message: Message, platform: Platform, args: str) -
     )
 
 
+# Bookkeeping, not anyone's data: event keys, scope keys, leases, ownership, ordering, flags.
+_INTERNAL_FIELDS = frozenset({
+    "key", "author_key", "conversation_key", "scope", "message_key", "sent_ids", "owner", "order_ts",
+    "attempts", "state", "remember", "is_command", "interrupted_send", "created_at", "heartbeat_at",
+})
+
+
+def _is_command(doc: dict[str, Any]) -> bool:
+    return doc.get("kind") == "command" or bool(doc.get("is_command"))
+
+
 def _exportable(doc: dict[str, Any]) -> dict[str, Any]:
-    drop = {"lease_until", "attempts", "state"}
-    return {("id" if k == "_id" else k): v for k, v in doc.items() if k not in drop}
+    return {
+        ("id" if k == "_id" else k): v for k, v in doc.items()
+        if k not in _INTERNAL_FIELDS and not k.startswith(("lease", "worker"))
+    }
+
+
+def _iso_times(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
+    if isinstance(value, dict):
+        return {k: _iso_times(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_iso_times(v) for v in value]
+    return value
+
+
+def export_file_prefix(message: Message) -> str:
+    """Export files of one person start with this (file-name safe); `/forget all` removes them."""
+    safe_id = re.sub(r"[^A-Za-z0-9_.-]", "_", message.author_id)
+    return f"mnemo-export-{message.platform}-{safe_id}-"
+
+
+def _delete_earlier_exports(core: Core, message: Message) -> int:
+    """Exports written into the data dir (the console's) hold what was just forgotten."""
+    folder = core.config.data_dir / "exports"
+    removed = 0
+    for path in folder.glob(f"{glob.escape(export_file_prefix(message))}*.json") if folder.is_dir() else []:
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 async def _profile(core: Core, message: Message, platform: Platform, args: str) -> Reply:
@@ -204,6 +261,12 @@ async def _optin(core: Core, message: Message, platform: Platform, args: str) ->
     return Reply("I'll remember your messages again. /optout stops it.", private=True)
 
 
+async def _dashboard(core: Core, message: Message, platform: Platform, args: str) -> Reply:
+    from core.web_links import dashboard_reply
+
+    return await dashboard_reply(core, message, platform)
+
+
 _HANDLERS = {
     "help": _help,
     "start": _help,
@@ -214,4 +277,5 @@ _HANDLERS = {
     "export": _export,
     "optout": _optout,
     "optin": _optin,
+    "dashboard": _dashboard,
 }

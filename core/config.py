@@ -27,3 +27,4 @@ class CoreConfig:
     lease_seconds: float = 120.0  # a worker that stops renewing its messages for this long is presumed dead
     max_attempts: int = 3  # a message that crashed this many workers is failed with a reply, not retried
     media_concurrency: int = 1  # CPU-heavy media jobs at once (2-core machines)
+    public_url: str | None = None  # the web UI's base URL: enables /dashboard links

@@ -41,7 +41,8 @@ _REQUEST = {"tell", "show", "list", "give", "find", "search", "recall", "explain
 _FIRST_PERSON = {"i", "i'm", "im", "i've", "i'll", "i'd", "we", "we're", "we've", "we'll"}
 _SOCIAL = {"hi", "hello", "hey", "yo", "thanks", "thank", "thx", "ty", "you", "ok", "okay", "cool", "great", "nice",
            "good", "morning", "evening", "night", "bye", "cheers", "yes", "yeah", "no", "nope", "sure", "lol", "wow",
-           "awesome", "perfect", "done", "noted", "got", "it", "welcome", "sorry", "please", "mnemo"}
+           "awesome", "perfect", "done", "noted", "got", "it", "welcome", "sorry", "please", "mnemo", "so", "much",
+           "very", "a", "lot", "all", "again"}
 _FILLER = {"hey", "hi", "hello", "ok", "okay", "so", "and", "but", "please", "pls", "mnemo", "well", "um",
            "also", "then", "quick", "question"}
 
@@ -49,6 +50,25 @@ _FILLER = {"hey", "hi", "hello", "ok", "okay", "so", "and", "but", "please", "pl
 def visible(text: str) -> str:
     """`text` without invisible characters at its ends ("" when it shows nothing)."""
     return _INVISIBLE.sub(" ", text).strip()
+
+
+GREETING = "Hi! Tell me things and I'll remember them, or ask me about what you told me."
+_THANKS = {"thanks", "thank", "thx", "ty", "cheers"}
+_HELLO = {"hi", "hello", "hey", "yo", "morning", "evening"}
+
+
+def small_talk_reply(text: str) -> str | None:
+    """A line that tells nothing ("thanks!", "hi", "👍") gets a friendly word back and is not
+    a memory (it would only crowd out what was said). None when `text` says something."""
+    text = strip_mentions(visible(text))
+    words = [w.lower() for w in _WORD.findall(text.replace("’", "'"))]
+    if any(c.isdigit() for c in text) or not all(w in _SOCIAL for w in words):
+        return None
+    if any(w in _THANKS for w in words):
+        return "You're welcome!"
+    if any(w in _HELLO for w in words) or "👋" in text:
+        return GREETING
+    return "👍"
 
 
 def strip_mentions(text: str) -> str:

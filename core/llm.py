@@ -10,6 +10,16 @@ from core.config import CoreConfig
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # else litellm fetches it at import
 
 
+def import_litellm() -> Any:
+    """litellm, imported once and told to keep quiet: by default it prints a "Give Feedback /
+    Get Help" banner and debug hints to stdout on every failed call (stdout is for replies)."""
+    import litellm
+
+    litellm.suppress_debug_info = True
+    litellm.set_verbose = False
+    return litellm
+
+
 def provider_kwargs(config: CoreConfig) -> dict[str, Any]:
     """`api_base`/`api_key` (MNEMO_LLM_API_BASE/KEY, when set) and the timeout."""
     kwargs: dict[str, Any] = {"timeout": config.llm_timeout_s}

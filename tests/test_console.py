@@ -3,9 +3,15 @@ loopback model. Each test asserts what a person would see on stdout or what reac
 
 from __future__ import annotations
 
+import json
 import re
+import stat
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
 
-from tests.conftest import run_chat
+from tests.conftest import REPO, run_chat
 from tests.fakes.llm import FakeLLM
 
 FOOTNOTE = re.compile(r"^\[(\d+)\] ", re.MULTILINE)
@@ -85,6 +91,9 @@ def test_model_outage_gets_a_clear_reply_and_the_message_is_still_remembered(
     down = run_chat(["My flight to Lisbon leaves on Friday at 7am."], env, "--user", "alice")
     assert down.returncode == 0, down.stderr
     assert "couldn't reach the model; your message is saved" in down.stdout
+    # stdout is replies only: none of litellm's "Give Feedback / Get Help" banners or debug hints
+    assert down.stdout.strip().splitlines() == [line for line in down.stdout.strip().splitlines()
+                                                if "couldn't reach the model" in line], down.stdout
     fake_llm.fail = False
     later = run_chat(["When does my flight to Lisbon leave?"], env, "--user", "alice")
     assert "Friday at 7am" in later.stdout
@@ -168,3 +177,41 @@ def test_reasoning_mode_and_deep_use_the_reasoning_model(base_env: dict[str, str
     run_chat(["/settings mode reasoning", "@mnemo when does the release train leave?"], env,
              "--user", "eve", "--channel", "rel", "--admin")
     assert fake_llm.answer_requests()[-1]["model"] == "deep-model"
+
+
+def test_undecodable_bytes_become_replacement_characters_and_the_session_goes_on(base_env: dict[str, str]) -> None:
+    """`printf 'caf\\xe9'` (Latin-1, not UTF-8) must not end the session or lose later lines."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "chat", "--user", "zoe"],
+        input=b"caf\xe9 au lait is my favourite drink\n\xff\xfe\nwhat is my favourite drink?\n",
+        capture_output=True, env=base_env, cwd=str(REPO), timeout=240, check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    out = result.stdout.decode("utf-8")
+    assert "Traceback" not in result.stderr.decode("utf-8", "replace")
+    assert re.search(r"^\[1\] zoe, .*caf\ufffd au lait is my favourite drink", out, re.MULTILINE), out
+    assert "mnemo 0." not in out  # the banner is on stderr: stdout carries replies only
+
+
+def test_export_is_a_private_timestamped_file_without_bookkeeping_and_forget_all_deletes_it(
+    base_env: dict[str, str], data_dir: Path
+) -> None:
+    result = run_chat(["I water the ficus on Sundays.", "/memory", "/export"], base_env, "--user", "ivy")
+    assert result.returncode == 0, result.stderr
+    written = re.search(r"^Written to (.+)$", result.stdout, re.MULTILINE)
+    assert written, result.stdout
+    path = Path(written.group(1))
+    assert path.parent == data_dir / "exports"
+    assert re.fullmatch(r"mnemo-export-console-ivy-\d{8}T\d{6}Z\.json", path.name), path.name
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    export = json.loads(path.read_text())
+    assert [m["text"] for m in export["messages"]] == ["I water the ficus on Sundays."]  # no /memory, /export
+    fields = set(export["messages"][0]) | {k for r in export["replies_to_you"] for k in r}
+    assert not fields & {"owner", "order_ts", "key", "lease_until", "attempts", "state", "author_key"}, fields
+    for when in [export["exported_at"], export["messages"][0]["ts"], *(r["ts"] for r in export["replies_to_you"])]:
+        assert datetime.fromisoformat(when).utcoffset() is not None and "T" in when, when
+    assert len(export["replies_to_you"]) == 1  # the reply to the statement; not the commands' replies
+
+    forgot = run_chat(["/forget all"], base_env, "--user", "ivy")
+    assert "deleted 1 earlier export file" in forgot.stdout, forgot.stdout
+    assert not path.exists()

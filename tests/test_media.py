@@ -82,6 +82,19 @@ def _footnote(out: str, kind: str, words: str) -> re.Match[str] | None:
 
 
 @slow
+def test_attach_takes_a_quoted_path_with_spaces_and_says_what_it_read(
+    base_env: dict[str, str], samples: Samples, tmp_path: Path
+) -> None:
+    spaced = tmp_path / "office wifi note.png"
+    spaced.write_bytes(samples["note.png"].read_bytes())
+    result = run_chat([f'/attach "{spaced}"', f"/attach {tmp_path}/office wifi note.png", "/attach"], base_env,
+                      "--user", "alice")
+    assert result.returncode == 0, result.stderr
+    read = "Read in the image: “The wifi password is tangerine42”. I'll remember it [1]."
+    assert result.stdout.count(read) == 2, result.stdout  # quoted, and unquoted when the file exists
+    assert "Usage: /attach PATH [caption]" in result.stdout
+
+
 def test_voice_note_and_photo_are_remembered_and_recalled_with_footnotes(
     base_env: dict[str, str], fake_llm: FakeLLM, samples: Samples
 ) -> None:
@@ -105,8 +118,8 @@ def test_voice_note_and_photo_are_remembered_and_recalled_with_footnotes(
     assert "I couldn't read “corrupt.ogg” as audio" in out
     assert re.search(r"“big\.wav” is 2\.\d MB; I can read files up to 1 MB", out), out
     assert "“empty.png” is empty (0 bytes)" in out
-    # the image without a question is acknowledged and cited as an image
-    assert "Noted: I'll remember this image [1]." in out
+    # the image without a question is acknowledged with what was read, and cited as an image
+    assert "Read in the image: “The wifi password is tangerine42”. I'll remember it [1]." in out
     # recall from the voice note, cited as a voice note
     assert re.search(r"From what I remember: .*March (3rd|third).*\[\d\]", out, re.IGNORECASE), out
     assert _footnote(out, "voice note", "March (3rd|third)"), out

@@ -395,8 +395,9 @@ async def test_commands_are_registered_on_start(bot: Running, telegram: FakeTele
     await bot.start()
     [registered] = await eventually(lambda: telegram.calls_to("setMyCommands"), what="setMyCommands")
     names = [c["command"] for c in registered.params["commands"]]
-    assert names == ["start", "help", "ask", "memory", "profile", "forget", "export", "settings"]
-    assert telegram.calls_to("deleteWebhook")  # polling mode clears a leftover webhook first
+    assert names == ["start", "help", "ask", "memory", "profile", "forget", "export", "settings", "dashboard"]
+    # polling mode clears a leftover webhook first (right after setMyCommands: wait for it)
+    await eventually(lambda: telegram.calls_to("deleteWebhook"), what="deleteWebhook")
 
 
 # -- webhook mode (in process) -----------------------------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from core.kinds import COMMAND, QUESTION, REPLY, TOLD, is_question
+from core.kinds import COMMAND, GREETING, QUESTION, REPLY, TOLD, is_question
 from core.memory.index import MemoryItem
 from core.migrations import MESSAGE_KINDS, classify_stored_messages
 from core.models import Scope, utcnow
@@ -112,9 +112,10 @@ def test_an_unknown_command_is_refused_and_never_remembered(base_env: dict[str, 
 
 
 def test_blank_console_lines_are_ignored_and_an_empty_mention_gets_a_clear_reply(base_env: dict[str, str]) -> None:
-    dm = run_chat(["", "   ", "\u200b", "👋"], base_env, "--user", "dana")
+    dm = run_chat(["", "   ", "\u200b", "👋", "thanks!", "/memory"], base_env, "--user", "dana")
     assert dm.returncode == 0, dm.stderr
-    assert replies(dm.stdout) == ["Got it, I'll remember that."], dm.stdout  # only the wave was said
+    # blank lines get nothing; small talk a friendly word, and it is no memory
+    assert replies(dm.stdout) == [GREETING, "You're welcome!", "I don't remember anything from you."], dm.stdout
     group = run_chat(["@mnemo", ""], base_env, "--user", "dana", "--channel", "ops")
     assert replies(group.stdout) == ["Your message was empty. Send me some text, a voice note or an image."]
 

@@ -58,6 +58,10 @@ def register_commands(tree: app_commands.CommandTree, run: RunCommand) -> None:
     async def optin(interaction: discord.Interaction) -> None:
         await run(interaction, "/optin", True)
 
+    @tree.command(name="dashboard", description="A one-time link to your web page (only you see this)")
+    async def dashboard(interaction: discord.Interaction) -> None:
+        await run(interaction, "/dashboard", True)
+
     @tree.command(name="help", description="How to use Mnemo")
     async def help_(interaction: discord.Interaction) -> None:
         await run(interaction, "/help", True)

@@ -23,7 +23,8 @@ _SAID = {None, "file_share", "thread_broadcast", "me_message"}
 
 # `/mnemo SUBCOMMAND ...` -> the core's text commands.
 SUBCOMMANDS = frozenset(
-    {"ask", "deep", "memory", "profile", "forget", "export", "settings", "help", "start", "optout", "optin"}
+    {"ask", "deep", "memory", "profile", "forget", "export", "settings", "help", "start", "optout", "optin",
+     "dashboard"}
 )
 
 Fetcher = Callable[[dict[str, Any]], Callable[[], Awaitable[bytes]]]

@@ -43,11 +43,13 @@ _IN_MONTH = re.compile(
 )
 _NAME = re.compile(r"[A-Z][\w'’-]*")
 _SENTENCE_END = re.compile(r"[.?!:;\"“”(\[]\s*$")
-# Questions whose answer is a list gathered over time: "what books has Alice read?", "how many
-# times...", "what do Alice and Bruno both like?", "where has Alice camped?".
+# Questions whose answer is gathered over time: lists ("what books has Alice read?", "how many
+# times...", "what do Alice and Bruno both like?", "where has Alice camped?") and guesses from
+# what a person has said ("would Alice likely enjoy...?", "what might Bruno's job be?").
 _ASKS_MANY = re.compile(
     r"^\W*(?:(?:what|which)\s+(?:\w+\s+)?\w+(?<!ss)(?<!'s)(?<![aeiu]s)s\b(?<!\bis)(?<!\bwas)(?<!\bdoes)(?<!\bhas)"
     r"|how many\b|in what ways\b|what (?:kind|kinds|types?) of \w+s\b)"
+    r"|^\W*(?:would|could)\b|\b(?:likely|might|probably)\b"
     r"|\bboth\b|\b(?:has|have)\s+\w+\s+(?:ever\s+)?\w+ed\b|\bhas\s+\w+\s+(?:been|done|made|read|seen|gone|taken|had)\b",
     re.IGNORECASE,
 )
@@ -70,7 +72,7 @@ class QueryPlan:
     asks_when: bool
     window: tuple[float, float] | None  # epoch seconds [start, end) the question points at
     names: list[str] = field(default_factory=list)  # lower-cased capitalized words, see `names_in`
-    asks_many: bool = False  # the answer is a list gathered over several conversations
+    asks_many: bool = False  # the answer is gathered over several conversations (a list, a guess)
 
 
 def plan_query(question: str, author_names: set[str], now: float | None = None) -> QueryPlan:

@@ -306,23 +306,27 @@ class ScopeView:
                 np.where(after >= 0, finite[np.maximum(after, 0)], 0.0),
             )
             final = final + NEIGHBOR_WEIGHT * near
-        order = self._diversified(candidates, final, k, SESSION_REPEAT_PENALTY if plan.asks_many else 0.0)
-        return [Ranked(self.ids[candidates[i]], float(final[i]), int(candidates[i])) for i in order]
+        chosen = self._diversified(candidates, final, k, SESSION_REPEAT_PENALTY if plan.asks_many else 0.0)
+        return [Ranked(self.ids[candidates[i]], score, int(candidates[i])) for i, score in chosen]
 
-    def _diversified(self, candidates: np.ndarray, final: np.ndarray, k: int, penalty: float) -> list[int]:
-        """Positions of the k best, each losing `penalty` per better memory of its session
-        already taken."""
+    def _diversified(
+        self, candidates: np.ndarray, final: np.ndarray, k: int, penalty: float
+    ) -> list[tuple[int, float]]:
+        """Positions and scores of the k best, each losing `penalty` per better memory of its
+        session already taken (the score says so: callers merging hits sort by it)."""
         order = np.argsort(-final)
-        if not penalty or len(order) <= k:
-            return [int(i) for i in order[:k]]
+        if not penalty:
+            return [(int(i), float(final[i])) for i in order[:k]]
         sessions = self.session[candidates].tolist()
-        taken: list[int] = []
+        taken: list[tuple[int, float]] = []
         per_session: Counter[int] = Counter()
         pending = [int(i) for i in order[: 4 * k + 20]]
         while pending and len(taken) < k:
             best = max(pending, key=lambda i: final[i] - penalty * per_session[sessions[i]])
             pending.remove(best)
-            taken.append(best)
+            # Never above an earlier pick: the scores stay in the order chosen.
+            score = float(final[best]) - penalty * per_session[sessions[best]]
+            taken.append((best, min(score, taken[-1][1]) if taken else score))
             per_session[sessions[best]] += 1
         return taken
 
