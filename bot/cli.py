@@ -81,9 +81,7 @@ def _add_import(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "import", help="import a chat-history export into memory (safe to run twice)",
         description="Import a platform's chat-history export: Telegram Desktop's JSON (result.json, or its "
         "folder), Slack's workspace export (the zip or its folder), DiscordChatExporter JSON (a file or a folder). "
-        "Reads MNEMO_DATA_DIR, MONGODB_URI, MNEMO_MONGODB_DB, CHROMA_URL, MNEMO_EMBEDDING_MODEL, MNEMO_STT_MODEL, "
-        "MNEMO_VISION_MODEL, MNEMO_LLM_API_BASE, MNEMO_LLM_API_KEY, and SLACK_BOT_TOKEN/SLACK_API_BASE (Slack "
-        "permalinks via chat.getPermalink when no workspace URL is known).",
+        "With SLACK_BOT_TOKEN set and no workspace URL known, Slack permalinks come from chat.getPermalink.",
     )
     imp.add_argument("platform", choices=["telegram", "slack", "discord"])
     imp.add_argument("path", help="the export: a file, a folder, or (Slack) the zip")
@@ -92,8 +90,6 @@ def _add_import(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 async def _import(settings: Settings, args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from bot.importer import run_import
 
     return await run_import(settings, args.platform, Path(args.path), args.workspace_url)

@@ -6,15 +6,20 @@ that match no source are dropped; footnotes are made for the cited sources only.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from core.config import CoreConfig
-from core.errors import ModelUnavailable
-from core.llm import provider_kwargs
+from core.errors import ModelMisconfigured, ModelUnavailable
+from core.llm import import_litellm, provider_kwargs
 from core.models import Footnote, Reply
+from core.outbound import backoff
 from core.render import shorten
 
 log = logging.getLogger(__name__)
@@ -177,23 +182,92 @@ class Answerer:
         return self.config.model
 
     async def complete(self, messages: list[dict[str, str]], reasoning: bool = False) -> str:
-        import litellm
+        """The whole answer in one call. One deadline (MNEMO_LLM_TIMEOUT) covers the call and
+        litellm's retries: a hanging model gets the clear reply after it, not after each retry."""
+        litellm = import_litellm()
 
-        model = self.model_for(reasoning)
-        if not model:
-            raise ModelUnavailable("no model configured")
+        model = self._model(reasoning)
         try:
-            response = await litellm.acompletion(
-                model=model, messages=messages, num_retries=self.config.llm_retries,
-                **provider_kwargs(self.config),
-            )
+            async with asyncio.timeout(self.config.llm_timeout_s):
+                response = await self._call(litellm, model=model, messages=messages)
         except Exception as exc:  # litellm maps every provider failure to its own types
-            log.warning("model call failed: %s", type(exc).__name__)
-            raise ModelUnavailable(type(exc).__name__) from exc
+            raise model_error(exc) from exc
         content = response.choices[0].message.content or ""
         if not content.strip():
             raise ModelUnavailable("empty answer")
         return content
+
+    async def stream(self, messages: list[dict[str, str]], reasoning: bool = False) -> AsyncIterator[str]:
+        """The answer as the model writes it (litellm `stream=True`). The deadline covers the
+        wait for the first chunk (retries included) and every pause between chunks."""
+        litellm = import_litellm()
+
+        model = self._model(reasoning)
+        deadline = self.config.llm_timeout_s
+        wrote = False
+        try:
+            async with asyncio.timeout(deadline):
+                response = await self._call(litellm, model=model, messages=messages, stream=True)
+            whole = await _whole_completion(response)
+            if whole is not None:
+                wrote = bool(whole.strip())
+                yield whole
+                return
+            chunks = aiter(response)
+            while True:
+                try:
+                    async with asyncio.timeout(deadline):
+                        chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+                choices = getattr(chunk, "choices", None) or []
+                piece = getattr(choices[0].delta, "content", None) if choices else None
+                if piece:
+                    wrote = wrote or bool(piece.strip())
+                    yield piece
+        except Exception as exc:
+            raise model_error(exc) from exc
+        if not wrote:
+            raise ModelUnavailable("empty answer")
+
+    async def _call(self, litellm: Any, **kwargs: Any) -> Any:
+        """One retry layer: transient provider failures are retried (within the caller's
+        deadline), a refused key or unknown model is not; no sleep after the last attempt."""
+        for attempt in range(1, self.config.llm_retries + 2):
+            try:
+                return await litellm.acompletion(num_retries=0, **kwargs, **provider_kwargs(self.config))
+            except Exception as exc:
+                error = model_error(exc, quiet=True)
+                if isinstance(error, ModelMisconfigured) or attempt > self.config.llm_retries:
+                    raise
+                log.info("model call failed (%s); retrying", error)
+                await asyncio.sleep(backoff(attempt, base_s=0.5, cap_s=4))
+        raise AssertionError("unreachable")
+
+    def _model(self, reasoning: bool) -> str:
+        model = self.model_for(reasoning)
+        if not model:
+            raise ModelUnavailable("no model configured")
+        return model
+
+    def check_configuration(self) -> str | None:
+        """At start-up, without a model call: is the model known to litellm and is a key
+        there for it? Returns a problem to log, or None."""
+        import litellm
+
+        model = self.config.model
+        if not model:
+            return None
+        try:
+            _, provider, _, _ = litellm.get_llm_provider(model, api_base=self.config.llm_api_base)
+        except Exception as exc:  # noqa: BLE001 - litellm raises its BadRequestError here
+            return f"MNEMO_MODEL {model!r} is not a model litellm knows ({type(exc).__name__})"
+        if self.config.llm_api_key or self.config.llm_api_base:
+            return None
+        missing = litellm.validate_environment(model).get("missing_keys") or []
+        if missing:
+            return f"MNEMO_MODEL {model!r} ({provider}) needs {', '.join(missing)} (or MNEMO_LLM_API_KEY)"
+        return None
 
     def retrieval_only(self, sources: list[Source], explain: bool) -> Reply:
         """Without a model: the relevant memories as footnotes. `explain` (once per
@@ -215,10 +289,60 @@ RETRIEVAL_ONLY = (
 ACKNOWLEDGED = "Got it, I'll remember that."
 
 
+async def _whole_completion(response: object) -> str | None:
+    """Some OpenAI-compatible servers answer a stream request with one whole completion
+    (JSON, not server-sent events); litellm then yields nothing. Read that answer instead."""
+    headers = (getattr(response, "_hidden_params", None) or {}).get("additional_headers") or {}
+    content_type = str(headers.get("llm_provider-content-type") or "text/event-stream")
+    if "event-stream" in content_type:
+        return None
+    raw = getattr(getattr(response, "completion_stream", None), "response", None)
+    if raw is None or not hasattr(raw, "aread"):
+        return None
+    try:
+        data = json.loads(await raw.aread())
+        return str(data["choices"][0]["message"]["content"] or "")
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise ModelUnavailable(f"unreadable answer ({type(exc).__name__})") from exc
+
+
+KEY_REFUSED = (
+    "I can't answer right now: the model provider refused Mnemo's API key (the operator needs to check "
+    "MNEMO_LLM_API_KEY). Your message is saved."
+)
+UNKNOWN_MODEL = (
+    "I can't answer right now: the model provider doesn't know the configured model (the operator needs to "
+    "check MNEMO_MODEL). Your message is saved."
+)
+
+
+def model_error(exc: BaseException, quiet: bool = False) -> ModelUnavailable:
+    """A provider failure as the core reports it: a refused key or an unknown model is said
+    as such (asking again won't help); anything else is "couldn't reach the model"."""
+    if isinstance(exc, ModelUnavailable):
+        return exc
+    name = type(exc).__name__
+    status = getattr(exc, "status_code", None)
+    text = str(exc).lower()
+    if name in ("AuthenticationError", "PermissionDeniedError") or status in (401, 403):
+        if not quiet:
+            log.error("the model provider refused the API key (%s)", name)
+        return ModelMisconfigured(KEY_REFUSED)
+    if name == "NotFoundError" or status == 404 or ("model" in text and "not found" in text):
+        if not quiet:
+            log.error("the model provider does not know the model (%s)", name)
+        return ModelMisconfigured(UNKNOWN_MODEL)
+    reason = "timeout" if isinstance(exc, TimeoutError) else name
+    if not quiet:
+        log.warning("model call failed: %s", reason)
+    return ModelUnavailable(reason)
+
+
 def to_datetime(epoch: float | datetime) -> datetime:
     if isinstance(epoch, datetime):
         return epoch if epoch.tzinfo else epoch.replace(tzinfo=UTC)
     return datetime.fromtimestamp(epoch, tz=UTC)
 
 
-__all__ = ["Answerer", "Source", "build_prompt", "capped", "cite", "shorten", "to_datetime", "turn_line"]
+__all__ = ["Answerer", "Source", "build_prompt", "capped", "cite", "model_error", "shorten", "to_datetime",
+           "turn_line"]

@@ -23,6 +23,7 @@ class ChannelSettings:
     persona: str = ""
     citations: str = "on"  # on | off
     retention_days: str = "forever"  # a whole number of days, or "forever"
+    streaming: str = "on"  # on | off: show answers while they are written (core.streaming)
 
     @property
     def retention(self) -> int | None:
@@ -34,6 +35,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "mode": ("fast", "reasoning"),
     "memory": ("on", "off"),
     "citations": ("on", "off"),
+    "streaming": ("on", "off"),
 }
 KEYS = tuple(f.name for f in fields(ChannelSettings))
 

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from core import commands, kinds, llm
+from core import commands, kinds, llm, outbound, streaming
 from core.answer import ACKNOWLEDGED, Answerer, Source, build_prompt, cite, to_datetime, turn_line
 from core.channel_settings import ChannelSettings, SettingsRepo
 from core.config import CoreConfig
-from core.errors import MediaError, MemoryUnavailable, ModelUnavailable
+from core.errors import MediaError, MemoryUnavailable, ModelMisconfigured, ModelUnavailable
 from core.facts import FactStore, fact_source, is_fact_id
 from core.facts import arrange as arrange_facts
 from core.learning import Learner
@@ -49,6 +49,7 @@ INTERRUPTED = (
 )
 MEMORY_DOWN = "I can't reach my memory right now; your message is saved. Please ask again in a moment."
 REREAD = "I was restarted before I could read your attachment; your message is saved. Please send the file again."
+DELIVERY_ATTEMPTS = 4
 GAVE_UP = "I couldn't finish answering this message after several tries. It is saved; please ask again."
 # Series that exist from the start, so dashboards and alerts see zeros rather than gaps.
 _COUNTERS = ("mnemo_messages_in_total", "mnemo_replies_out_total", "mnemo_duplicates_total",
@@ -129,6 +130,11 @@ class Core:
             # litellm takes seconds to import; done lazily inside the first answer it would
             # block the event loop, and with it the lease heartbeat and every webhook.
             await asyncio.to_thread(llm.import_litellm)
+            problem = self.answerer.check_configuration() if self.answerer.has_model else None
+            if problem:
+                log.error("model configuration: %s", problem)
+            elif self.answerer.has_model:
+                log.info("model configuration: %s", self.config.model)
         # The heartbeat says this worker is alive and renews the leases of every message it
         # holds. A worker that dies stops beating: within `worker_stale_seconds` (or at once,
         # when it was a process on this host) another worker adopts its messages.
@@ -345,11 +351,14 @@ class Core:
         doc = await self.store.claim(message.event_key, self.worker_id)
         if doc is None:
             return  # finished, or another worker adopted it
-        if doc.get("interrupted_send"):
-            # A worker died while sending the answer: it may have arrived. Sending it again
-            # could answer twice, so the message is failed with a reply instead.
+        if doc.get("interrupted_send") and not getattr(platform, "checks_posted", False):
+            # A worker died while sending the answer: it may have arrived. Where the platform
+            # cannot tell us what was posted (Telegram), sending it again could answer twice,
+            # so the message is failed with a reply instead.
             await self._deliver(message, doc, platform, Reply(INTERRUPTED, is_error=True), state=FAILED)
             return
+        if doc.get("interrupted_send"):
+            message.reply_context["adopted"] = True  # answered whole; the adapter checks what was posted
         if doc["attempts"] > self.config.max_attempts:
             log.warning("message %s failed after %d attempts", doc["_id"], doc["attempts"] - 1)
             await self._deliver(message, doc, platform, Reply(GAVE_UP, is_error=True), state=FAILED)
@@ -542,19 +551,43 @@ class Core:
             question, message.author_name, sources, self._turn_lines(turns), bot_name=self.config.bot_name,
             platform=message.platform, is_dm=message.is_dm, persona=settings.persona, now=utcnow(),
         )
+        return await self._model_reply(message, prompt, sources, settings, reasoning)
+
+    async def _model_reply(
+        self, message: Message, prompt: list[dict[str, str]], sources: list[Source], settings: ChannelSettings,
+        reasoning: bool,
+    ) -> Reply:
+        """Call the model, streamed into the conversation where the platform and the channel's
+        `streaming` setting allow (see core.streaming); the Reply is the same either way."""
         platform = self.platforms[message.platform]
+        keep_markers = settings.citations == "on"
+        outbound.use_fence(self._fence(message))
+        live = streaming.open_live(platform, message, enabled=settings.streaming == "on")
         started = time.monotonic()
         try:
             async with platform.typing(message):
-                raw = await self.answerer.complete(prompt, reasoning=reasoning)
-        except ModelUnavailable:
+                if live is None:
+                    raw = await self.answerer.complete(prompt, reasoning=reasoning)
+                else:
+                    raw = await live.run(
+                        self.answerer.stream(prompt, reasoning=reasoning),
+                        lambda text: streaming.preview_text(text, sources, keep_markers),
+                    )
+        except ModelUnavailable as exc:
             self.metrics.inc("mnemo_model_errors_total")
-            return Reply(MODEL_DOWN, is_error=True)
+            return Reply(str(exc) if isinstance(exc, ModelMisconfigured) else MODEL_DOWN, is_error=True)
         finally:
             self.metrics.observe("mnemo_model_seconds", time.monotonic() - started,
                                  mode="reasoning" if reasoning else "fast")
-        text, footnotes = cite(raw, sources, keep_markers=settings.citations == "on")
+        text, footnotes = cite(raw, sources, keep_markers=keep_markers)
         return Reply(text, footnotes)
+
+    def _fence(self, message: Message) -> outbound.SendFence:
+        """The send fence of `message` (one per answer: the stream and the final send share it)."""
+        current = outbound.current_fence()
+        if current is not None and current.key == message.event_key:
+            return current
+        return outbound.SendFence(message.event_key, lambda: self.store.fence_send(message.event_key, self.worker_id))
 
     async def acknowledge(self, message: Message, said: str, remembered: bool, settings: ChannelSettings) -> Reply:
         """A statement gets a short acknowledgement: one line without a model; with one, a
@@ -572,9 +605,9 @@ class Core:
         try:
             async with self.platforms[message.platform].typing(message):
                 raw = await self.answerer.complete(prompt)
-        except ModelUnavailable:
+        except ModelUnavailable as exc:
             self.metrics.inc("mnemo_model_errors_total")
-            return Reply(MODEL_DOWN, is_error=True)
+            return Reply(str(exc) if isinstance(exc, ModelMisconfigured) else MODEL_DOWN, is_error=True)
         text, _ = cite(raw, [], keep_markers=False)  # no sources: any [n] is dropped
         return Reply(text or ACKNOWLEDGED)
 
@@ -595,18 +628,39 @@ class Core:
     async def _deliver(
         self, message: Message, doc: dict[str, Any], platform: Platform, reply: Reply, state: str = DONE
     ) -> None:
-        if not await self.store.mark_sending(doc["_id"], self.worker_id):
-            # Fencing: this worker stalled past its lease and another adopted the message.
+        live = streaming.take_live(message)
+        fence = self._fence(message)
+        outbound.use_fence(fence)
+        sent: list[str] | None = None
+        try:
+            if not getattr(platform, "fences_sends", False):
+                # A platform without the outbound kit: fence before handing it the reply.
+                await fence.enter()
+            for attempt in range(1, DELIVERY_ATTEMPTS + 1):
+                try:
+                    sent = await (live.finish(reply) if live is not None else platform.send_reply(message, reply))
+                    break
+                except outbound.Fenced:
+                    raise
+                except Exception as exc:
+                    definite = not outbound.is_transient(exc)
+                    log.warning("sending reply failed (attempt %d%s): %s", attempt, ", not retried" if definite else "",
+                                type(exc).__name__, exc_info=definite)
+                    if definite or attempt == DELIVERY_ATTEMPTS:
+                        break
+                    await asyncio.sleep(outbound.backoff(attempt, cap_s=10))
+        except outbound.Fenced:
+            # This worker stalled past its lease and another adopted the message.
             log.warning("message %s was adopted by another worker; not sending", doc["_id"])
             return
-        sent: list[str] | None = None
-        for attempt in range(4):
-            try:
-                sent = await platform.send_reply(message, reply)
-                break
-            except Exception as exc:
-                log.warning("sending reply failed (attempt %d): %s", attempt + 1, type(exc).__name__)
-                await asyncio.sleep(min(2**attempt, 10))
+        finally:
+            outbound.use_fence(None)
+        if live is not None and sent is not None:
+            self.metrics.inc("mnemo_stream_replies_total", platform=message.platform)
+            self.metrics.inc("mnemo_stream_edits_total", live.updates + 1, platform=message.platform)
+            self.metrics.observe("mnemo_stream_edits_per_reply", live.updates + 1, platform=message.platform)
+            if live.first_visible_s is not None:
+                self.metrics.observe("mnemo_stream_first_text_seconds", live.first_visible_s, platform=message.platform)
         if sent is None:
             self.metrics.inc("mnemo_send_failures_total", platform=message.platform)
             await self.store.finish(doc["_id"], FAILED, owner=self.worker_id, answered=False)

@@ -10,6 +10,11 @@ class ModelUnavailable(Exception):
     """The language model could not be reached or failed after retries."""
 
 
+class ModelMisconfigured(ModelUnavailable):
+    """The provider refused the key or does not know the model: only the operator can fix it.
+    The message is the reply people get."""
+
+
 class MediaError(Exception):
     """An attachment could not be read; the message is phrased for the sender."""
 

@@ -2,6 +2,12 @@
 
 The core calls back through it to deliver replies (also for messages recovered after a
 crash), to ask whether the author may change settings, and to show "typing".
+
+Optional, for platforms that have them (the core checks with `getattr`, so the console and
+test platforms work without): `StreamingPlatform.live_reply` (answers shown while written),
+`fences_sends` (the adapter marks the message SENDING itself, right before each HTTP send,
+through `core.outbound`) and `checks_posted` (after a crash mid-send, the adapter looks up
+what it already posted — `message.reply_context["adopted"]` — instead of the core apologising).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Protocol, runtime_checkable
 
 from core.models import Message, PlatformLimits, Reply
+from core.streaming import LiveTarget
 
 
 @runtime_checkable
@@ -30,4 +37,14 @@ class Platform(Protocol):
 
     def typing(self, message: Message) -> AbstractAsyncContextManager[None]:
         """Show a typing indicator while the body runs (may be a no-op)."""
+        ...
+
+
+@runtime_checkable
+class StreamingPlatform(Platform, Protocol):
+    fences_sends: bool
+    checks_posted: bool
+
+    def live_reply(self, message: Message) -> LiveTarget | None:
+        """Where to stream the answer to `message`, or None to send it whole."""
         ...

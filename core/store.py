@@ -139,6 +139,13 @@ class Store:
         )
         return result.modified_count == 1
 
+    async def fence_send(self, key: str, owner: str) -> bool:
+        """`mark_sending` by event key: called right before the first HTTP send of a reply."""
+        result = await self.messages.update_one(
+            {"key": key, "owner": owner, "state": PROCESSING}, {"$set": {"state": SENDING}}
+        )
+        return result.modified_count == 1
+
     async def renew_leases(self, owner: str, lease: timedelta) -> int:
         """Heartbeat: extend the lease of every pending message this worker holds (queued,
         processing or sending), so a long queue or a slow model is never mistaken for a crash."""

@@ -4,7 +4,10 @@ Intake stores every user message through the core (which dedupes on the message 
 re-dispatch after a resume does nothing twice) and answers via `send_reply`. Outbound calls
 go through discord.py, which waits out 429s itself; we add what it cannot know: which chunks
 of a reply were already sent (a retried reply resumes, never repeats) and a deterministic
-nonce per chunk, so Discord itself drops a resend whose first attempt did get through.
+nonce per part of the reply to a message (`enforce_nonce`), so Discord itself returns the
+message a first attempt — or a worker that died mid-send — already created instead of posting
+a second one; if that message says something else (a streamed part, an answer regenerated
+after a crash) it is edited into this reply.
 """
 
 from __future__ import annotations
@@ -23,10 +26,13 @@ import discord
 from adapters.discord import inbound
 from adapters.discord.client import DEFAULT_API_BASE, MnemoClient, use_api_base
 from adapters.discord.commands import register_commands
+from adapters.discord.live import EditedAnswer
 from core.engine import Core
 from core.errors import FatalPlatformError
 from core.models import Message, PlatformLimits, Reply
+from core.outbound import KeyedPacer, Limits, enter_fence, keep_typing
 from core.render import render_chunks
+from core.streaming import LiveTarget
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +65,17 @@ def link(url: str, label: str) -> str:
     return f"[{label}](<{url}>)"  # <...>: no embed preview under every footnote
 
 
-def nonce_for(message: Message, index: int, chunk: str) -> str:
-    """Same message, chunk and text -> same nonce; Discord (enforce_nonce) then returns the
-    message it already created instead of posting a second one. At most 25 characters."""
-    return hashlib.sha256(f"{message.event_key}:{index}:{chunk}".encode()).hexdigest()[:25]
+def nonce_for(message: Message, index: int, role: str = "reply") -> str:
+    """Same message and part -> same nonce, whatever the text: Discord (enforce_nonce) then
+    returns the message it already created instead of posting a second one. 25 characters."""
+    return hashlib.sha256(f"{message.event_key}:{role}:{index}".encode()).hexdigest()[:25]
 
 
 class DiscordAdapter:
     name = "discord"
     limits = PlatformLimits(max_message_chars=MAX_CHARS)
+    fences_sends = True  # every create goes through the pacer, which fences right before the call
+    checks_posted = True  # nonces: a resend after a crash returns the message already created
 
     def __init__(self, core: Core, token: str, api_base: str = DEFAULT_API_BASE) -> None:
         self.core = core
@@ -78,6 +86,8 @@ class DiscordAdapter:
         # discord.py runs each event in its own task; submitting under one lock keeps the
         # order in which Discord delivered them (the core answers per conversation in order).
         self._intake = asyncio.Lock()
+        # One governor per channel for sends, edits and typing (discord.py adds its buckets).
+        self.pacer = KeyedPacer(Limits(interval_s=1.0))
         self._stopping = asyncio.Event()
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -201,10 +211,7 @@ class DiscordAdapter:
         sent = self._progress(message, chunks)
         context = message.reply_context
         interaction = context.get("interaction")
-        if isinstance(interaction, discord.Interaction) and context.get("followup"):
-            deferred = context.get("deferred")
-            if isinstance(deferred, asyncio.Event):
-                await asyncio.wait_for(deferred.wait(), 30)
+        await self._acknowledged(message)
         if isinstance(interaction, discord.Interaction) and context.get("followup"):
             try:
                 return await self._send_followups(interaction, reply, chunks, sent, bool(context.get("ephemeral")))
@@ -218,6 +225,84 @@ class DiscordAdapter:
             return await self._send_privately(message, reply, chunks, sent)
         channel = self.client.get_partial_messageable(int(message.thread_id or message.conversation_id))
         return await self._send_to_channel(channel, message, reply, chunks, sent, reference=True)
+
+    @staticmethod
+    async def _acknowledged(message: Message) -> None:
+        """Followups of an interaction wait until its deferred response has gone out."""
+        deferred = message.reply_context.get("deferred")
+        if message.reply_context.get("followup") and isinstance(deferred, asyncio.Event):
+            await asyncio.wait_for(deferred.wait(), 30)
+
+    def live_reply(self, message: Message) -> LiveTarget | None:
+        context = message.reply_context
+        interaction = context.get("interaction")
+
+        def render(reply: Reply) -> list[str]:
+            return render_chunks(reply, MAX_CHARS, escape=escape, link=link)
+
+        async def send_whole(reply: Reply) -> list[str]:
+            return await self.send_reply(message, reply)
+
+        if isinstance(interaction, discord.Interaction):
+            if not context.get("followup"):
+                return None
+            ephemeral = bool(context.get("ephemeral"))
+            key = f"interaction:{interaction.id}"
+
+            async def post_followup(index: int, text: str) -> discord.Message:
+                await self._acknowledged(message)
+                async with self.pacer.slot(key):
+                    return await interaction.followup.send(
+                        text, ephemeral=ephemeral, allowed_mentions=NO_PINGS, wait=True
+                    )
+
+            async def edit_followup(message_id: int, text: str) -> None:
+                async with self.pacer.slot(key):
+                    await interaction.followup.edit_message(message_id, content=text, allowed_mentions=NO_PINGS)
+
+            async def delete_followup(message_id: int) -> None:
+                async with self.pacer.slot(key):
+                    await interaction.followup.delete_message(message_id)
+
+            return EditedAnswer(message, render, post_followup, edit_followup, delete_followup, send_whole)
+
+        channel = self.client.get_partial_messageable(int(message.thread_id or message.conversation_id))
+
+        async def post(index: int, text: str) -> discord.Message:
+            return await self._create(channel, message, index, text, reference=index == 0)
+
+        async def edit(message_id: int, text: str) -> None:
+            async with self.pacer.slot(channel.id):
+                await channel.get_partial_message(message_id).edit(content=text, allowed_mentions=NO_PINGS)
+
+        async def delete(message_id: int) -> None:
+            async with self.pacer.slot(channel.id):
+                await channel.get_partial_message(message_id).delete()
+
+        return EditedAnswer(message, render, post, edit, delete, send_whole)
+
+    async def _create(
+        self, channel: discord.abc.Messageable, message: Message, index: int, chunk: str, *, reference: bool,
+        file: discord.File | None = None,
+    ) -> discord.Message:
+        """Create one part of the reply to `message` (its nonce makes a repeat return the
+        message already created; if that one says something else, it is edited to `chunk`)."""
+        kwargs: dict[str, Any] = {"allowed_mentions": NO_PINGS, "nonce": nonce_for(message, index)}
+        if reference:
+            kwargs["reference"] = discord.MessageReference(
+                message_id=int(message.message_id),
+                channel_id=int(message.thread_id or message.conversation_id),
+                fail_if_not_exists=False,  # deleted meanwhile: still answer, unthreaded
+            )
+        if file is not None:
+            kwargs["file"] = file
+        key = getattr(channel, "id", None)
+        async with self.pacer.slot(key):
+            posted = await channel.send(chunk, **kwargs)
+        if posted.content != chunk:
+            async with self.pacer.slot(key):
+                posted = await posted.edit(content=chunk, allowed_mentions=NO_PINGS)
+        return posted
 
     @staticmethod
     def _progress(message: Message, chunks: list[str]) -> list[str]:
@@ -240,16 +325,10 @@ class DiscordAdapter:
         for index, chunk in enumerate(chunks):
             if index < len(sent):
                 continue
-            kwargs: dict[str, Any] = {"allowed_mentions": NO_PINGS, "nonce": nonce_for(message, index, chunk)}
-            if index == 0 and reference:
-                kwargs["reference"] = discord.MessageReference(
-                    message_id=int(message.message_id),
-                    channel_id=int(message.thread_id or message.conversation_id),
-                    fail_if_not_exists=False,  # deleted meanwhile: still answer, unthreaded
-                )
+            file = None
             if index == 0 and reply.file is not None:
-                kwargs["file"] = discord.File(io.BytesIO(reply.file.data), filename=reply.file.filename)
-            posted = await channel.send(chunk, **kwargs)
+                file = discord.File(io.BytesIO(reply.file.data), filename=reply.file.filename)
+            posted = await self._create(channel, message, index, chunk, reference=index == 0 and reference, file=file)
             sent.append(str(posted.id))
         return list(sent)
 
@@ -265,6 +344,7 @@ class DiscordAdapter:
             kwargs: dict[str, Any] = {"ephemeral": ephemeral, "allowed_mentions": NO_PINGS, "wait": True}
             if index == 0 and reply.file is not None:
                 kwargs["file"] = discord.File(io.BytesIO(reply.file.data), filename=reply.file.filename)
+            await enter_fence()
             posted = await interaction.followup.send(chunk, **kwargs)
             sent.append(str(posted.id))
         return list(sent)
@@ -311,19 +391,12 @@ class DiscordAdapter:
             yield  # the deferred response already shows "Mnemo is thinking…"
             return
         channel = self.client.get_partial_messageable(int(message.thread_id or message.conversation_id))
-        task = asyncio.create_task(self._keep_typing(channel), name="discord-typing")
-        try:
-            yield
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
-    @staticmethod
-    async def _keep_typing(channel: discord.PartialMessageable) -> None:
-        # One indicator lasts ~10 s; renew it. A failed indicator never fails the answer.
-        while True:
-            try:
-                await channel.typing()
-            except _NETWORK_ERRORS as exc:
-                log.debug("discord: typing indicator failed: %s", type(exc).__name__)
-            await asyncio.sleep(8)
+        async def send() -> None:
+            if not self.pacer.busy(channel.id):  # typing yields to sends, edits and 429 waits
+                async with self.pacer.slot(channel.id, fence=False, counted=False):
+                    await channel.typing()
+
+        # One indicator lasts ~10 s; renewed well before it fades.
+        async with keep_typing(send, 8.0, "discord"):
+            yield

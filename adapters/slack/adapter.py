@@ -42,10 +42,12 @@ from slack_sdk.web.async_client import AsyncWebClient
 from adapters.slack.delivery import DmChannels, ReplySender, retry_after
 from adapters.slack.directory import Identity, Permalinks, Users
 from adapters.slack.events import classify, constructed_permalink, slash_message, to_message
-from adapters.slack.pacing import ChannelPacer
+from adapters.slack.live import EditedAnswer
 from core.engine import Core
 from core.errors import FatalPlatformError, MediaError
 from core.models import Message, PlatformLimits, Reply
+from core.outbound import KeyedPacer, Limits
+from core.streaming import LiveTarget
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +114,8 @@ class _Refinement:
 class SlackAdapter:
     name = "slack"
     limits = PlatformLimits(max_message_chars=MAX_MESSAGE_CHARS)
+    fences_sends = True  # every post goes through the pacer (or enter_fence for response_url)
+    checks_posted = True  # posted parts carry metadata, read back after a crash
 
     def __init__(
         self,
@@ -140,7 +144,7 @@ class SlackAdapter:
         self.users = Users(self.client)
         self.permalinks = Permalinks(self.client)
         self.dm_channels = DmChannels(self.client)
-        self.sender = ReplySender(self.client, self.dm_channels, ChannelPacer(pacing_s), MAX_MESSAGE_CHARS,
+        self.sender = ReplySender(self.client, self.dm_channels, KeyedPacer(Limits(interval_s=pacing_s)), MAX_MESSAGE_CHARS,
                                   on_rate_limit=self._note_rate_limit)
         self.app = self._build_app(signing_secret or "")
         # Only HTTP mode receives signed requests (Socket Mode needs no signing secret).
@@ -150,6 +154,7 @@ class SlackAdapter:
         self._tasks: set[asyncio.Future[Any]] = set()
         self._stopped = asyncio.Event()
         self._socket: Any = None
+        self._status_unavailable = False
 
     @property
     def socket_mode(self) -> bool:
@@ -464,7 +469,34 @@ class SlackAdapter:
     async def is_admin(self, message: Message) -> bool:
         return await self.users.is_admin(message.author_id)
 
+    def live_reply(self, message: Message) -> LiveTarget | None:
+        if message.reply_context.get("slash") or message.is_command:
+            return None  # slash commands answer through their own paths, sent whole
+        return EditedAnswer(self.sender, message)
+
     @asynccontextmanager
     async def typing(self, message: Message) -> AsyncIterator[None]:
-        # Slack has no typing indicator for bot users.
-        yield
+        """Slack has no typing indicator for bots; in an assistant thread (a DM with an app
+        that has the Agents & Assistants feature) its status line says Mnemo is thinking."""
+        thread = message.thread_id or message.message_id
+        if not message.is_dm or self._status_unavailable or message.reply_context.get("slash"):
+            yield
+            return
+        shown = await self._set_status(message.conversation_id, thread, "is thinking…")
+        try:
+            yield
+        finally:
+            if shown:
+                await self._set_status(message.conversation_id, thread, "")
+
+    async def _set_status(self, channel: str, thread: str, status: str) -> bool:
+        try:
+            await self.client.assistant_threads_setStatus(channel_id=channel, thread_ts=thread, status=status)
+            return True
+        except SlackApiError as exc:
+            # Not an assistant app (or not such a thread): stop asking, say so once.
+            self._status_unavailable = True
+            log.info("Slack: no assistant status (%s); answering without it", exc.response.get("error"))
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            log.debug("Slack: assistant status failed: %s", type(exc).__name__)
+        return False

@@ -9,7 +9,10 @@ Where a reply goes:
 
 Exactly once: the core retries `send_reply` when it raises, so every part already sent for a
 message is remembered and skipped on the retry — a reply that hit a rate limit half-way is
-completed, never doubled.
+completed, never doubled. Across a crash, every posted part carries message `metadata`
+(`mnemo_reply`, naming the message answered and the part): the worker that adopts the
+message reads the thread back (`include_all_metadata`) and edits the parts already there
+instead of posting them again.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack import mrkdwn
 from adapters.slack.directory import Lru
-from adapters.slack.pacing import ChannelPacer
 from core.models import Message, Reply
+from core.outbound import KeyedPacer, enter_fence
 from core.render import render_chunks
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,7 @@ log = logging.getLogger(__name__)
 # Slack refuses posts from a bot that is not in the conversation with one of these.
 _NOT_IN_CONVERSATION = {"channel_not_found", "not_in_channel", "user_not_in_channel", "is_archived"}
 FILE_IN_DM_NOTE = "I sent the file to our DM."
+METADATA_EVENT = "mnemo_reply"
 
 
 @dataclass
@@ -68,7 +72,7 @@ class ReplySender:
         self,
         client: AsyncWebClient,
         dm_channels: DmChannels,
-        pacer: ChannelPacer,
+        pacer: KeyedPacer,
         max_chars: int,
         max_rate_limit_waits: int = 8,
         on_rate_limit: Callable[[float], None] = lambda seconds: None,
@@ -97,13 +101,46 @@ class ReplySender:
         if is_slash and not ephemeral and not message.is_dm and chunks:
             # Slack does not show the slash command itself, so a public answer says what it answers.
             chunks[0] = f"{_invocation(message)}\n{chunks[0]}"
+        if message.reply_context.get("adopted") and not ephemeral:
+            # A worker died while sending this reply: parts it posted are edited, not doubled.
+            for index, ts in (await self.posted_parts(message)).items():
+                progress.done.setdefault(f"text{index}", f"adopted:{ts}")
         for index, chunk in enumerate(chunks):
             if ephemeral:
                 await self._step(progress, f"text{index}", lambda c=chunk: self._post_ephemeral(message, c))
             else:
-                await self._step(progress, f"text{index}", lambda c=chunk: self._post(message, c))
+                await self._step(progress, f"text{index}", lambda c=chunk, i=index: self._post(message, c, i))
+            done = progress.done[f"text{index}"]
+            if done.startswith("adopted:"):
+                ts = done.removeprefix("adopted:")
+                await self._rate_limited(lambda c=chunk, t=ts, i=index: self.update(message, t, c, i))
+                progress.done[f"text{index}"] = ts
         self._progress.pop(message.event_key, None)
         return [sent for key, sent in progress.done.items() if key.startswith("text")]
+
+    async def posted_parts(self, message: Message) -> dict[int, str]:
+        """The parts of the reply to `message` already in the conversation (part -> ts), read
+        back through their metadata."""
+        thread = self._thread_ts(message)
+        try:
+            if thread:
+                response = await self.client.conversations_replies(
+                    channel=message.conversation_id, ts=thread, include_all_metadata=True, limit=200
+                )
+            else:
+                response = await self.client.conversations_history(
+                    channel=message.conversation_id, include_all_metadata=True, limit=100
+                )
+        except SlackApiError as exc:
+            log.warning("could not read back earlier replies (%s); sending whole", exc.response.get("error"))
+            return {}
+        found: dict[int, str] = {}
+        for posted in response.get("messages") or []:
+            metadata = posted.get("metadata") or {}
+            payload = metadata.get("event_payload") or {}
+            if metadata.get("event_type") == METADATA_EVENT and payload.get("message_key") == message.event_key:
+                found[int(payload.get("part") or 0)] = str(posted["ts"])
+        return found
 
     async def _step(self, progress: _Progress, name: str, action: Any) -> None:
         if name in progress.done:
@@ -132,16 +169,21 @@ class ReplySender:
             return None  # a slash command is not a message: nothing to thread under
         return message.thread_id or message.message_id
 
-    async def _post(self, message: Message, text: str) -> str:
+    @staticmethod
+    def metadata(message: Message, part: int) -> dict[str, Any]:
+        return {"event_type": METADATA_EVENT, "event_payload": {"message_key": message.event_key, "part": part}}
+
+    async def _post(self, message: Message, text: str, part: int = 0) -> str:
         channel = message.conversation_id
         try:
-            async with self.pacer.turn(channel):
+            async with self.pacer.slot(channel):
                 response = await self.client.chat_postMessage(
                     channel=channel,
                     text=text,
                     thread_ts=self._thread_ts(message),
                     unfurl_links=False,  # footnote links would otherwise unfurl into big previews
                     unfurl_media=False,
+                    metadata=self.metadata(message, part),
                 )
             return str(response.get("ts") or "")
         except SlackApiError as exc:
@@ -150,10 +192,21 @@ class ReplySender:
                 return await self._respond(response_url, text, "in_channel")
             raise
 
+    async def update(self, message: Message, ts: str, text: str, part: int) -> str:
+        async with self.pacer.slot(message.conversation_id):
+            await self.client.chat_update(
+                channel=message.conversation_id, ts=ts, text=text, metadata=self.metadata(message, part)
+            )
+        return ts
+
+    async def delete(self, message: Message, ts: str) -> None:
+        async with self.pacer.slot(message.conversation_id):
+            await self.client.chat_delete(channel=message.conversation_id, ts=ts)
+
     async def _post_ephemeral(self, message: Message, text: str) -> str:
         channel = message.conversation_id
         try:
-            async with self.pacer.turn(channel):
+            async with self.pacer.slot(channel):
                 response = await self.client.chat_postEphemeral(
                     channel=channel, user=message.author_id, text=text, thread_ts=self._thread_ts(message)
                 )
@@ -166,13 +219,14 @@ class ReplySender:
                 return await self._respond(response_url, text, "ephemeral")
             # Not in that channel and no response_url: say it in the DM instead, still private.
             dm = await self.dm_channels.with_user(message.author_id)
-            async with self.pacer.turn(dm):
+            async with self.pacer.slot(dm):
                 response = await self.client.chat_postMessage(channel=dm, text=text)
             return str(response.get("ts") or "")
 
     async def _respond(self, response_url: str, text: str, response_type: str) -> str:
         """POST to a slash command's response_url (works where the bot is not a member)."""
         payload = {"response_type": response_type, "text": text}
+        await enter_fence()
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
             for _ in range(self.max_rate_limit_waits):
                 async with session.post(response_url, json=payload) as response:
@@ -189,7 +243,7 @@ class ReplySender:
     async def _upload_to_dm(self, message: Message, reply: Reply) -> str:
         assert reply.file is not None
         dm = await self.dm_channels.with_user(message.author_id)
-        async with self.pacer.turn(dm):
+        async with self.pacer.slot(dm):
             response = await self.client.files_upload_v2(
                 channel=dm,
                 filename=reply.file.filename,

@@ -137,7 +137,8 @@ def _message(event: Any, channel_id: str, is_dm: bool, users: dict[str, dict[str
             found = _TEAM_URL.match(str(file_obj.get("permalink") or ""))
             history.workspace_url = found.group(1) if found else None
     user_id = str(event["user"])
-    profile = event.get("user_profile") if isinstance(event.get("user_profile"), dict) else {}
+    found_profile = event.get("user_profile")
+    profile: dict[str, Any] = found_profile if isinstance(found_profile, dict) else {}
     user = users.get(user_id, {})
     name = display_name(user.get("profile") or {}, user) or display_name(profile, profile) or user_id
     # Files are referenced by the export, not included: the message records them, none is read.

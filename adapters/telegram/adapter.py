@@ -30,11 +30,13 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from adapters.telegram.inbound import PLATFORM, BotIdentity, to_core_message
-from adapters.telegram.outbound import MAX_MESSAGE_CHARS, Sender
-from adapters.telegram.pacing import ChatPacer
+from adapters.telegram.live import DraftAnswer, EditedAnswer
+from adapters.telegram.outbound import MAX_MESSAGE_CHARS, Sender, new_pacer
 from core.engine import Core
 from core.errors import FatalPlatformError, is_transient
 from core.models import Message, PlatformLimits, Reply
+from core.outbound import KeyedPacer, keep_typing
+from core.streaming import LiveTarget
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ WEBHOOK_PATH = "/telegram/webhook"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 ALLOWED_UPDATES = ["message", "edited_message"]
 GETFILE_CAP_BYTES = 20 * 1024 * 1024  # the official Bot API's download limit
-TYPING_EVERY_S = 4.5  # Telegram shows a chat action for about 5 seconds
+TYPING_EVERY_S = 4.0  # Telegram shows a chat action for about 5 seconds
 SEEN_UPDATES = 10_000
 
 COMMANDS = [
@@ -66,6 +68,8 @@ class _Stopped(Exception):
 
 class TelegramAdapter:
     name = PLATFORM
+    fences_sends = True  # every send goes through the pacer, which fences right before the call
+    checks_posted = False  # the Bot API cannot list what the bot sent: an interrupted send apologises
 
     def __init__(
         self,
@@ -75,7 +79,7 @@ class TelegramAdapter:
         webhook_url: str | None = None,
         webhook_secret: str | None = None,
         poll_timeout_s: int = 25,
-        pacer: ChatPacer | None = None,
+        pacer: KeyedPacer | None = None,
     ) -> None:
         self.core = core
         self.webhook_url = webhook_url
@@ -94,12 +98,12 @@ class TelegramAdapter:
         session = AiohttpSession(api=TelegramAPIServer.from_base(api_base)) if api_base else AiohttpSession()
         self.bot = Bot(token, session=session)
         self.me: BotIdentity | None = None
-        self.sender = Sender(self.bot, pacer or ChatPacer(), self._migrate,
+        self.pacer = pacer or new_pacer()
+        self.sender = Sender(self.bot, self.pacer, self._migrate,
                              on_rate_limit=lambda seconds: core.note_rate_limit(PLATFORM, seconds))
         self._stopping = asyncio.Event()
         self._receiving = False  # run() is between start and return
         self._seen_updates: OrderedDict[int, None] = OrderedDict()
-        self._typing: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -148,9 +152,6 @@ class TelegramAdapter:
             if self.core.runner.pending == 0:
                 break
             await asyncio.sleep(0.1)
-        for task in list(self._typing):
-            task.cancel()
-        await asyncio.gather(*self._typing, return_exceptions=True)
         await self.bot.session.close()
 
     async def _get_me(self) -> Any:
@@ -348,22 +349,22 @@ class TelegramAdapter:
             return False
         return member.status in (ChatMemberStatus.CREATOR, ChatMemberStatus.ADMINISTRATOR)
 
+    def live_reply(self, message: Message) -> LiveTarget | None:
+        if message.is_dm:
+            return DraftAnswer(self.sender, message, self.me.username if self.me else "")
+        return EditedAnswer(self.sender, message, self.me.username if self.me else "")
+
     @asynccontextmanager
     async def typing(self, message: Message) -> AsyncIterator[None]:
+        chat = int(message.conversation_id)
         thread = int(message.thread_id) if message.thread_id and message.thread_id.isdigit() else None
-        task = asyncio.create_task(self._keep_typing(int(message.conversation_id), thread))
-        self._typing.add(task)
-        task.add_done_callback(self._typing.discard)
-        try:
-            yield
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
-    async def _keep_typing(self, chat: int, thread: int | None) -> None:
-        while True:
-            try:
+        async def send() -> None:
+            # Typing yields to real sends and 429 waits, and never uses the group's minute budget.
+            if self.pacer.busy(chat):
+                return
+            async with self.pacer.slot(chat, fence=False, counted=False):
                 await self.bot.send_chat_action(chat_id=chat, action=ChatAction.TYPING, message_thread_id=thread)
-            except TelegramAPIError as exc:  # cosmetic: never fail an answer over it
-                log.debug("Telegram: sendChatAction failed: %s", type(exc).__name__)
-            await asyncio.sleep(TYPING_EVERY_S)
+
+        async with keep_typing(send, TYPING_EVERY_S, "telegram"):
+            yield

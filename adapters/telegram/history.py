@@ -199,6 +199,7 @@ def _attachments(raw: dict[str, Any], root: Path, history: History) -> list[Atta
             kind, default_mime = _MEDIA[media_type]
             take(raw["file"], kind, mime or default_mime)
         else:  # a document: read when it is an image or a sound, referenced otherwise
-            name = raw.get("file_name") if isinstance(raw.get("file_name"), str) else str(raw["file"])
+            file_name = raw.get("file_name")
+            name = file_name if isinstance(file_name, str) else str(raw["file"])
             take(raw["file"], media_kind(name, mime), mime)
     return found

@@ -21,10 +21,9 @@ from aiogram.exceptions import (
     TelegramServerError,
 )
 from aiogram.types import BufferedInputFile, LinkPreviewOptions, ReplyParameters
-from aiogram.types import Message as TgMessage
 
-from adapters.telegram.pacing import ChatPacer
 from core.models import Message, Reply
+from core.outbound import KeyedPacer, Limits, backoff
 from core.render import render_chunks
 
 log = logging.getLogger(__name__)
@@ -35,6 +34,24 @@ NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
 
 Migrate = Callable[[int, int], Awaitable[None]]
 RateLimited = Callable[[float], None]
+
+
+# Telegram asks bots for about one message a second in a chat, at most 20 a minute in a group,
+# and about 30 a second overall; edits and drafts count like messages. Waiting is cheaper than a 429.
+PRIVATE_LIMITS = Limits(interval_s=1.0, global_interval_s=1 / 30)
+GROUP_LIMITS = Limits(interval_s=1.0, per_minute=20, global_interval_s=1 / 30)
+
+
+def chat_limits(chat_id: object) -> Limits:
+    return GROUP_LIMITS if isinstance(chat_id, int) and chat_id < 0 else PRIVATE_LIMITS  # groups: negative ids
+
+
+def new_pacer() -> KeyedPacer:
+    return KeyedPacer(chat_limits)
+
+
+class PreviewRateLimited(Exception):
+    """A stream preview met a 429: skipped (the chat waits it out); the next carries newer text."""
 
 
 def html_escape(text: str) -> str:
@@ -57,7 +74,7 @@ class DmNotStarted(Exception):
 
 class Sender:
     def __init__(
-        self, bot: Bot, pacer: ChatPacer, on_migrate: Migrate, on_rate_limit: RateLimited = lambda seconds: None
+        self, bot: Bot, pacer: KeyedPacer, on_migrate: Migrate, on_rate_limit: RateLimited = lambda seconds: None
     ) -> None:
         self.bot = bot
         self.pacer = pacer
@@ -122,20 +139,54 @@ class Sender:
             ),
         )
 
-    async def _call(self, chat: int, send: Callable[[int], Awaitable[TgMessage]]) -> str:
-        """Send one message in the chat's turn; wait out 429s, follow a group's migration,
-        retry transient network failures. Returns the sent message id."""
+    async def edit_text(self, chat: int, message_id: int, text: str, *, preview: bool = False) -> None:
+        async def edit(c: int) -> object:
+            try:
+                return await self.bot.edit_message_text(
+                    chat_id=c, message_id=message_id, text=text, parse_mode=ParseMode.HTML,
+                    link_preview_options=NO_PREVIEW,
+                )
+            except TelegramBadRequest as exc:
+                if "not modified" in exc.message.lower():
+                    return True  # it already says exactly this (a retried edit that had landed)
+                raise
+
+        await self._call(chat, edit, preview=preview)
+
+    async def delete(self, chat: int, message_id: int) -> None:
+        await self._call(chat, lambda c: self.bot.delete_message(chat_id=c, message_id=message_id))
+
+    async def draft(self, chat: int, draft_id: int, text: str, thread: int | None) -> None:
+        """A streamed draft in a private chat (Bot API sendMessageDraft): nothing is sent yet."""
+        await self._call(
+            chat,
+            lambda c: self.bot.send_message_draft(
+                chat_id=c, draft_id=draft_id, text=text, parse_mode=ParseMode.HTML, message_thread_id=thread,
+            ),
+            preview=True, fence=False,
+        )
+
+    async def _call(
+        self, chat: int, send: Callable[[int], Awaitable[object]], *, preview: bool = False, fence: bool = True
+    ) -> str:
+        """One call in the chat's turn; wait out 429s, follow a group's migration, retry
+        transient network failures. Returns the sent message id ("" for edits). The message
+        is marked SENDING (`fence`) only once the turn is ours, right before the call. A
+        `preview` (stream update) is never retried: the next one carries newer text."""
         network_failures = 0
         while True:
-            async with self.pacer.slot(chat):
+            async with self.pacer.slot(chat, fence=fence):
                 try:
                     result = await send(chat)
-                    return str(result.message_id)
+                    return str(getattr(result, "message_id", ""))
                 except TelegramRetryAfter as exc:
-                    # Not sent: Telegram rejected it. Hold the chat's turn and send it again.
+                    # Not sent: Telegram rejected it. Every call to the chat waits it out.
                     log.warning("Telegram rate limit in chat %s: retrying after %ss", chat, exc.retry_after)
                     self.on_rate_limit(exc.retry_after)
-                    await asyncio.sleep(exc.retry_after)
+                    self.pacer.hold(chat, exc.retry_after)
+                    if preview:
+                        raise PreviewRateLimited(str(exc)) from exc
+                    await asyncio.sleep(exc.retry_after)  # holding the turn: a split reply keeps its order
                 except TelegramMigrateToChat as exc:
                     await self.on_migrate(chat, exc.migrate_to_chat_id)
                     chat = exc.migrate_to_chat_id
@@ -149,10 +200,10 @@ class Sender:
                     raise
                 except (TelegramNetworkError, TelegramServerError) as exc:
                     network_failures += 1
-                    if network_failures >= NETWORK_ATTEMPTS:
+                    if preview or network_failures >= NETWORK_ATTEMPTS:
                         raise
                     log.warning("Telegram send failed (%s); retrying", type(exc).__name__)
-                    await asyncio.sleep(min(2**network_failures, 10))
+                    await asyncio.sleep(backoff(network_failures, cap_s=10))
 
 
 def _reply_parameters(message_id: int | None) -> ReplyParameters | None:

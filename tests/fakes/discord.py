@@ -5,8 +5,9 @@ server's own ws:// URL. The fake speaks enough of the protocol for a bot's life:
 IDENTIFY -> READY + GUILD_CREATE, heartbeat ACKs, RESUME (replaying events the test asks for),
 op 7 RECONNECT, dispatching MESSAGE_CREATE / INTERACTION_CREATE, close codes (4014 when the
 Message Content intent is "not enabled in the portal"). It records what the bot sends:
-channel messages (with nonce dedupe like Discord's enforce_nonce), typing, interaction
-callbacks and webhook followups, and the bulk-overwritten application commands.
+channel messages (with nonce dedupe like Discord's enforce_nonce), edits (PATCH) and deletes
+of messages and followups, typing, interaction callbacks and webhook followups, and the
+bulk-overwritten application commands. `shown` is what people see now (edits applied).
 """
 
 from __future__ import annotations
@@ -146,6 +147,10 @@ class FakeDiscord:
         self._seq = 0
         self._ids = itertools.count()
         self._nonces: dict[tuple[str, str], dict[str, Any]] = {}
+        # What people see now: message id -> the bot's message (edits applied, deletes removed).
+        self.shown: dict[str, dict[str, Any]] = {}
+        self.edits: list[dict[str, Any]] = []  # PATCH bodies, with "id" and "at"
+        self.rate_limit_edits = 0  # answer the next N PATCHes of a message with 429
         self._server = ServerThread(self._app)
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -293,6 +298,12 @@ class FakeDiscord:
     def sent_to(self, channel_id: int) -> list[dict[str, Any]]:
         return [m for m in self.sent if m["channel_id"] == str(channel_id)]
 
+    def visible_in(self, channel_id: int | str) -> list[str]:
+        """The content of the bot's messages in a channel (or "0": followups) as shown now."""
+        with self.lock:
+            found = [m for m in self.shown.values() if m["channel_id"] == str(channel_id)]
+        return [m["content"] for m in sorted(found, key=lambda m: int(m["id"]))]
+
     def replies_to(self, message_id: str) -> list[dict[str, Any]]:
         return [m for m in self.sent if str((m.get("message_reference") or {}).get("message_id")) == str(message_id)]
 
@@ -309,6 +320,10 @@ class FakeDiscord:
         app.router.add_put(f"{api}/applications/{{app}}/commands", self._bulk_overwrite)
         app.router.add_post(f"{api}/channels/{{channel}}/messages", self._create_message)
         app.router.add_post(f"{api}/channels/{{channel}}/typing", self._typing)
+        app.router.add_patch(f"{api}/channels/{{channel}}/messages/{{id}}", self._edit_message)
+        app.router.add_delete(f"{api}/channels/{{channel}}/messages/{{id}}", self._delete_message)
+        app.router.add_patch(f"{api}/webhooks/{{app}}/{{token}}/messages/{{id}}", self._edit_message)
+        app.router.add_delete(f"{api}/webhooks/{{app}}/{{token}}/messages/{{id}}", self._delete_message)
         app.router.add_get(f"{api}/users/{{user}}", self._get_user)
         app.router.add_post(f"{api}/users/@me/channels", self._create_dm)
         app.router.add_post(f"{api}/interactions/{{id}}/{{token}}/callback", self._callback)
@@ -393,6 +408,8 @@ class FakeDiscord:
                               "at": time.monotonic()})
         if nonce:
             self._nonces[(channel_id, nonce)] = message
+        with self.lock:
+            self.shown[message["id"]] = message
         if fault == "lost":
             return _json({"message": "Bad Gateway", "code": 0}, status=502)
         return _json(message)
@@ -428,7 +445,35 @@ class FakeDiscord:
         message["webhook_id"] = str(BOT_ID)
         with self.lock:
             self.followups.append({**payload, "token": token, "id": message["id"], "files": files})
+            self.shown[message["id"]] = message
         return _json(message)
+
+    async def _edit_message(self, request: web.Request) -> web.Response:
+        if self.rate_limit_edits > 0:
+            self.rate_limit_edits -= 1
+            headers = {"Retry-After": str(self.retry_after), "X-RateLimit-Limit": "5", "X-RateLimit-Remaining": "0",
+                       "X-RateLimit-Reset-After": str(self.retry_after), "X-RateLimit-Bucket": "fake-edits",
+                       "X-RateLimit-Scope": "user"}
+            with self.lock:
+                self.edits.append({"id": request.match_info["id"], "status": 429, "at": time.monotonic()})
+            return _json({"message": "You are being rate limited.", "retry_after": self.retry_after,
+                          "global": False}, status=429, headers=headers)
+        payload, _files = await self._body(request)
+        with self.lock:
+            found = self.shown.get(request.match_info["id"])
+            if found is None:
+                return _json({"message": "Unknown Message", "code": 10008}, status=404)
+            if "content" in payload:
+                found["content"] = payload["content"] or ""
+            found["edited_timestamp"] = _now()
+            self.edits.append({**payload, "id": found["id"], "status": 200, "at": time.monotonic()})
+            return _json(dict(found))
+
+    async def _delete_message(self, request: web.Request) -> web.Response:
+        with self.lock:
+            if self.shown.pop(request.match_info["id"], None) is None:
+                return _json({"message": "Unknown Message", "code": 10008}, status=404)
+        return web.Response(status=204)
 
     async def _cdn(self, request: web.Request) -> web.Response:
         self.cdn_hits.append(request.path)

@@ -119,6 +119,13 @@ class FakeLLM:
         self.learning_fail = False
         self.responder: Callable[[list[dict[str, Any]]], str] = grounded_answer
         self.delay_s = 0.0
+        # Streaming (`stream: true` requests are answered as server-sent events, like OpenAI):
+        self.stream_pieces = 12  # the answer is sent in about this many chunks...
+        self.stream_chunk_delay_s = 0.0  # ...with this pause before each one
+        self.stream_fail_after: int | None = None  # break the stream after this many chunks
+        self.hang = False  # accept the request and never answer (a hung provider)
+        self.reject_key = False  # 401 invalid_api_key, as OpenAI answers a wrong key
+        self.unknown_model = False  # 404 model_not_found
         self.transcript = "this is a transcript"
         self._lock = threading.Lock()
         self._thread = ServerThread(self._app)
@@ -175,9 +182,22 @@ class FakeLLM:
             import asyncio
 
             await asyncio.sleep(self.delay_s)
+        while self.hang:
+            import asyncio
+
+            await asyncio.sleep(0.1)
+        if self.reject_key:
+            return web.json_response({"error": {"message": "Incorrect API key provided: sk-te**st.",
+                                                "type": "invalid_request_error", "code": "invalid_api_key"}}, status=401)
+        if self.unknown_model:
+            return web.json_response({"error": {"message": f"The model `{body.get('model')}` does not exist",
+                                                "type": "invalid_request_error", "code": "model_not_found"}},
+                                     status=404)
         if fail:
             return web.json_response({"error": {"message": "upstream overloaded", "type": "server_error"}}, status=500)
         content = scripted if scripted is not None else self.responder(body.get("messages", []))
+        if body.get("stream"):
+            return await self._stream(request, body, content)
         return web.json_response(
             {
                 "id": f"chatcmpl-{len(self.requests)}",
@@ -190,6 +210,36 @@ class FakeLLM:
                 "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
             }
         )
+
+    async def _stream(self, request: web.Request, body: dict[str, Any], content: str) -> web.StreamResponse:
+        """`content` as chat.completion.chunk events, split at word boundaries."""
+        import asyncio
+
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        words = re.findall(r"\S+\s*", content) or [content]
+        size = max(1, -(-len(words) // max(1, self.stream_pieces)))
+        pieces = ["".join(words[i:i + size]) for i in range(0, len(words), size)]
+        base = {"id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": body.get("model", "fake-model")}
+
+        async def send(delta: dict[str, Any], finish: str | None = None) -> None:
+            event = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            await response.write(f"data: {json.dumps(event)}\n\n".encode())
+
+        for number, piece in enumerate(pieces):
+            if self.stream_fail_after is not None and number >= self.stream_fail_after:
+                # A provider failing midway: an error event, then the connection drops.
+                await response.write(b'data: {"error": {"message": "upstream died", "type": "server_error"}}\n\n')
+                request.transport.close() if request.transport else None
+                return response
+            if self.stream_chunk_delay_s:
+                await asyncio.sleep(self.stream_chunk_delay_s)
+            await send({"role": "assistant", "content": piece} if number == 0 else {"content": piece})
+        await send({}, "stop")
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
 
     async def _learn(self, body: dict[str, Any]) -> web.Response:
         with self._lock:

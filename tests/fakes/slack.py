@@ -104,6 +104,10 @@ class FakeSlack:
         self.not_in_channels: set[str] = set()
         self.files_read_granted = True  # False: the token lacks files:read
         self.acks: list[dict[str, Any]] = []
+        # What channels show now: channel -> the bot's messages (chat.update applied, chat.delete
+        # removed), each with its `metadata` as posted; read back by conversations.replies/history.
+        self.messages: dict[str, list[dict[str, Any]]] = {}
+        self.statuses: list[dict[str, Any]] = []  # assistant.threads.setStatus calls
         self._sockets: list[web.WebSocketResponse] = []
         self._lock = threading.Lock()
         self._ts = itertools.count(1)
@@ -154,6 +158,10 @@ class FakeSlack:
     def calls_to(self, method: str, ok_only: bool = True) -> list[Call]:
         with self._lock:
             return [c for c in self.calls if c.method == method and (c.status == 200 or not ok_only)]
+
+    def visible_texts(self, channel: str) -> list[str]:
+        with self._lock:
+            return [str(m.get("text")) for m in self.messages.get(channel, [])]
 
     def posts(self) -> list[Call]:
         """Successful chat.postMessage calls."""
@@ -246,7 +254,56 @@ class FakeSlack:
         message = {"type": "message", "text": args.get("text"), "user": BOT_USER_ID, "bot_id": "B0000001", "ts": ts}
         if args.get("thread_ts"):
             message["thread_ts"] = args["thread_ts"]
+        metadata = _metadata(args.get("metadata"))
+        with self._lock:
+            self.messages.setdefault(channel, []).append({**message, **({"metadata": metadata} if metadata else {})})
         return {"ok": True, "channel": channel, "ts": ts, "message": message}
+
+    def _find(self, channel: str, ts: str) -> dict[str, Any] | None:
+        return next((m for m in self.messages.get(channel, []) if m["ts"] == ts), None)
+
+    def _m_chat_update(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel, ts = str(args.get("channel")), str(args.get("ts"))
+        with self._lock:
+            found = self._find(channel, ts)
+            if found is None:
+                return {"ok": False, "error": "message_not_found"}
+            found["text"] = args.get("text")
+            found["edited"] = {"user": BOT_USER_ID, "ts": self._new_ts()}
+            metadata = _metadata(args.get("metadata"))
+            if metadata:
+                found["metadata"] = metadata
+        return {"ok": True, "channel": channel, "ts": ts, "text": args.get("text")}
+
+    def _m_chat_delete(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel, ts = str(args.get("channel")), str(args.get("ts"))
+        with self._lock:
+            found = self._find(channel, ts)
+            if found is None:
+                return {"ok": False, "error": "message_not_found"}
+            self.messages[channel].remove(found)
+        return {"ok": True, "channel": channel, "ts": ts}
+
+    def _listed(self, messages: list[dict[str, Any]], args: dict[str, Any]) -> dict[str, Any]:
+        with_metadata = str(args.get("include_all_metadata")).lower() in ("1", "true")
+        shown = [m if with_metadata else {k: v for k, v in m.items() if k != "metadata"} for m in messages]
+        return {"ok": True, "messages": shown, "has_more": False}
+
+    def _m_conversations_replies(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel, ts = str(args.get("channel")), str(args.get("ts"))
+        with self._lock:
+            thread = [m for m in self.messages.get(channel, []) if m.get("thread_ts") == ts or m["ts"] == ts]
+        return self._listed(thread, args)
+
+    def _m_conversations_history(self, args: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            found = list(reversed(self.messages.get(str(args.get("channel")), [])))  # newest first
+        return self._listed(found, args)
+
+    def _m_assistant_threads_setStatus(self, args: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            self.statuses.append(dict(args))
+        return {"ok": True}
 
     def _m_chat_postEphemeral(self, args: dict[str, Any]) -> dict[str, Any]:
         if str(args.get("channel")) in self.not_in_channels:
@@ -322,6 +379,13 @@ class FakeSlack:
                     self.acks.append(json.loads(msg.data))
         self._sockets.remove(ws)
         return ws
+
+
+def _metadata(value: Any) -> dict[str, Any] | None:
+    """`metadata` as chat.postMessage takes it: an object, or its JSON in a form field."""
+    if isinstance(value, str) and value:
+        value = json.loads(value)
+    return value if isinstance(value, dict) else None
 
 
 def socket_envelope(payload: dict[str, Any], kind: str = "events_api", retry_attempt: int = 0,

@@ -2,7 +2,7 @@
 
 It speaks the documented HTTP interface at `/bot<token>/<method>` and `/file/bot<token>/<path>`:
 getMe, getUpdates (queued updates, confirmed by `offset`, long-poll wait), sendMessage,
-sendDocument, sendChatAction, getFile + download, getChatMember, setMyCommands,
+sendMessageDraft (private chats), editMessageText, deleteMessage, sendDocument, sendChatAction, getFile + download, getChatMember, setMyCommands,
 setWebhook/deleteWebhook. Tests queue updates shaped as the Bot API documents them, read every
 call the bot made, and can make the next call of a method answer 429 with `retry_after`.
 """
@@ -28,7 +28,7 @@ BOT_USERNAME = "mnemo_test_bot"
 TOKEN = f"{BOT_ID}:AAHfakeTokenForLoopbackTests_0123456789"
 
 _JSON_FIELDS = {"reply_parameters", "link_preview_options", "commands", "allowed_updates", "scope"}
-_INT_FIELDS = {"chat_id", "message_thread_id", "user_id", "offset", "timeout", "limit"}
+_INT_FIELDS = {"chat_id", "message_thread_id", "user_id", "offset", "timeout", "limit", "message_id", "draft_id"}
 
 
 @dataclass
@@ -97,6 +97,10 @@ class FakeTelegram:
         self.dm_blocked: set[int] = set()  # users who never pressed Start
         self.rate_limits: dict[str, list[int]] = {}  # method -> retry_after for its next calls
         self.webhook: dict[str, Any] | None = None
+        # What the chats show now: (chat_id, message_id) -> the bot's message (edits applied,
+        # deleted ones removed); drafts: chat_id -> the draft's current text.
+        self.shown: dict[tuple[int, int], dict[str, Any]] = {}
+        self.drafts: dict[int, str] = {}
         self._ids = itertools.count(1)
         self._message_ids = itertools.count(5000)
         self._sent_ids = itertools.count(90_000)
@@ -180,6 +184,11 @@ class FakeTelegram:
 
     def sent_messages(self, chat_id: int | None = None) -> list[Call]:
         return [c for c in self.calls_to("sendMessage") if chat_id is None or c.params["chat_id"] == chat_id]
+
+    def visible_texts(self, chat_id: int) -> list[str]:
+        """The text of every bot message in the chat as people see it now, in sending order."""
+        with self._lock:
+            return [m["text"] for (chat, _), m in sorted(self.shown.items()) if chat == chat_id and "text" in m]
 
     def bot_message(self, call: Call) -> dict[str, Any]:
         """The Message object the bot got back for `call` (to reply to it in a test)."""
@@ -265,7 +274,54 @@ class FakeTelegram:
             return _error(400, "Bad Request: message text is empty")
         if utf16_len(visible) > 4096:
             return _error(400, "Bad Request: message is too long")
+        self.drafts.pop(chat_id, None)  # the final message replaces the streamed draft
         return self._sent(chat_id, params, text=visible)
+
+    def _visible(self, params: dict[str, Any]) -> str | web.Response:
+        text = params.get("text", "")
+        if params.get("parse_mode") == "HTML":
+            try:
+                text = parse_html(text)
+            except ValueError as exc:
+                return _error(400, f"Bad Request: can't parse entities: {exc}")
+        if utf16_len(text) > 4096:
+            return _error(400, "Bad Request: message is too long")
+        return text
+
+    async def _m_sendmessagedraft(self, params: dict[str, Any]) -> Any:
+        chat_id = params["chat_id"]
+        if chat_id < 0:
+            return _error(400, "Bad Request: drafts can be sent only to private chats")
+        if not int(params.get("draft_id") or 0):
+            return _error(400, "Bad Request: draft_id must be non-zero")
+        visible = self._visible(params)
+        if isinstance(visible, web.Response):
+            return visible
+        with self._lock:
+            self.drafts[chat_id] = visible
+        return True
+
+    async def _m_editmessagetext(self, params: dict[str, Any]) -> Any:
+        key = (params["chat_id"], int(params["message_id"]))
+        visible = self._visible(params)
+        if isinstance(visible, web.Response):
+            return visible
+        with self._lock:
+            found = self.shown.get(key)
+            if found is None:
+                return _error(400, "Bad Request: message to edit not found")
+            if found.get("text") == visible:
+                return _error(400, "Bad Request: message is not modified: specified new message content and "
+                                   "reply markup are exactly the same as a current content and reply markup "
+                                   "of the message")
+            found.update(text=visible, edit_date=int(time.time()))
+            return {k: v for k, v in found.items() if not k.startswith("_")}
+
+    async def _m_deletemessage(self, params: dict[str, Any]) -> Any:
+        with self._lock:
+            if self.shown.pop((params["chat_id"], int(params["message_id"])), None) is None:
+                return _error(400, "Bad Request: message to delete not found")
+        return True
 
     async def _m_senddocument(self, params: dict[str, Any]) -> Any:
         chat_id = params["chat_id"]
@@ -287,6 +343,9 @@ class FakeTelegram:
         if params.get("message_thread_id"):
             message["message_thread_id"] = params["message_thread_id"]
             message["is_topic_message"] = True
+        with self._lock:
+            self.shown[(chat_id, message["message_id"])] = {
+                **message, "_reply_to": (params.get("reply_parameters") or {}).get("message_id")}
         return message
 
     async def _m_sendchataction(self, params: dict[str, Any]) -> Any:
