@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import logging
 import os
 import sys
 
@@ -207,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _chat_in_terminal(settings, user, args.channel, args.admin)
             print(_banner(settings, user, args.channel), file=sys.stderr)
             return asyncio.run(_chat(settings, user, args.channel, args.admin, _replies_stream()))
-        print(f"mnemo {version()} · data: {settings.data_dir}", file=sys.stderr)
+        # Through logging: with MNEMO_LOG_FORMAT=json every stderr line stays one JSON object.
+        logging.getLogger("bot.cli").info("mnemo %s · data: %s", version(), settings.data_dir)
         if args.command == "web":
             return asyncio.run(_web(settings, args.port))
         return asyncio.run(_run(settings))

@@ -602,12 +602,15 @@ class Core:
             said, message.author_name, [], self._turn_lines(turns), bot_name=self.config.bot_name,
             platform=message.platform, is_dm=message.is_dm, persona=settings.persona, now=utcnow(), told=True,
         )
+        started = time.monotonic()
         try:
             async with self.platforms[message.platform].typing(message):
                 raw = await self.answerer.complete(prompt)
         except ModelUnavailable as exc:
             self.metrics.inc("mnemo_model_errors_total")
             return Reply(str(exc) if isinstance(exc, ModelMisconfigured) else MODEL_DOWN, is_error=True)
+        finally:
+            self.metrics.observe("mnemo_model_seconds", time.monotonic() - started, mode="fast")
         text, _ = cite(raw, [], keep_markers=False)  # no sources: any [n] is dropped
         return Reply(text or ACKNOWLEDGED)
 

@@ -265,7 +265,7 @@ async def test_memory_and_export_are_ephemeral_and_export_is_a_file(bot: Bot) ->
     export = fake.followups[1]
     assert export["flags"] & EPHEMERAL
     [attached] = export["files"]
-    assert attached["name"] == f"mnemo-export-discord-{ALICE}.json"
+    assert re.fullmatch(rf"mnemo-export-discord-{ALICE}-\d{{8}}T\d{{6}}Z\.json", attached["name"]), attached["name"]
     data = json.loads(attached["data"])
     assert any(m["text"] == "My favourite tea is genmaicha." for m in data["messages"])
     assert fake.sent == []  # nothing private went to the channel
