@@ -179,7 +179,7 @@ def test_an_interrupted_import_finishes_on_rerun_with_one_copy_of_each(
     tmp_path: Path, base_env: dict[str, str], fake_llm: FakeLLM, mongo_uri: str, db_name: str, data_dir: Path,
     how: signal.Signals,
 ) -> None:
-    total = 2500
+    total = 4000  # big enough that the signal lands before the import is done
     write_big_export(tmp_path / "export", total)
     env = import_env(base_env, fake_llm, model=False)
     stored = messages_of(mongo_uri, db_name)
@@ -197,7 +197,8 @@ def test_an_interrupted_import_finishes_on_rerun_with_one_copy_of_each(
             proc.kill()
             proc.wait()
     halfway = stored.count_documents({})
-    assert 0 < halfway < total
+    # Stopped part-way: some messages stored (all of them, at most, with their indexing cut short).
+    assert 0 < halfway <= total and proc.returncode != 0, (halfway, proc.returncode)
     if how == signal.SIGINT:
         assert proc.returncode == 130 and err.strip().splitlines()[-1].startswith("mnemo import: interrupted"), err
 
