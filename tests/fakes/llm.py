@@ -127,6 +127,10 @@ class FakeLLM:
         self.reject_key = False  # 401 invalid_api_key, as OpenAI answers a wrong key
         self.unknown_model = False  # 404 model_not_found
         self.transcript = "this is a transcript"
+        # Embedding requests answered before the rest are held (None: all answered): a bulk
+        # import paused mid-way, at a batch boundary, until it is set back to None.
+        self.embeddings_before_hold: int | None = None
+        self._embeddings_served = 0
         self._lock = threading.Lock()
         self._thread = ServerThread(self._app)
 
@@ -274,6 +278,12 @@ class FakeLLM:
         body["_path"] = request.path
         with self._lock:
             self.requests.append(body)
+            self._embeddings_served += 1
+            served = self._embeddings_served
+        import asyncio
+
+        while self.embeddings_before_hold is not None and served > self.embeddings_before_hold:
+            await asyncio.sleep(0.05)
         inputs = body.get("input") or []
         if isinstance(inputs, str):
             inputs = [inputs]
