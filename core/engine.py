@@ -115,6 +115,23 @@ class Core:
     def register(self, platform: Platform) -> None:
         self.platforms[platform.name] = platform
 
+    # -- what adapters may call besides submit (see core/platform.py) -------------------
+
+    @property
+    def pending_jobs(self) -> int:
+        """Jobs queued or running (replies in flight): adapters wait on it before closing."""
+        return self.runner.pending
+
+    def run_in_conversation(self, conversation_key: str, job: Any) -> None:
+        """Run `job` (an async callable) after the conversation's queued work, owned and
+        awaited at shutdown like every other job."""
+        self.runner.submit(conversation_key, job)
+
+    async def amend_message(self, event_key: str, fields: dict[str, Any]) -> None:
+        """Correct a stored message's metadata an adapter learned after storing it (author
+        name, DM flag and scope, permalink)."""
+        await self.store.amend_message(event_key, fields)
+
     # -- lifecycle ----------------------------------------------------------------------
 
     async def start(self, background: bool = True) -> None:

@@ -146,6 +146,9 @@ class Store:
         )
         return result.modified_count == 1
 
+    async def amend_message(self, event_key: str, fields: dict[str, Any]) -> None:
+        await self.messages.update_one({"key": event_key}, {"$set": fields})
+
     async def renew_leases(self, owner: str, lease: timedelta) -> int:
         """Heartbeat: extend the lease of every pending message this worker holds (queued,
         processing or sending), so a long queue or a slow model is never mistaken for a crash."""

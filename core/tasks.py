@@ -36,7 +36,7 @@ class OrderedRunner:
             try:
                 if previous is not None:
                     await asyncio.shield(previous)
-            except Exception:  # noqa: BLE001 - the previous job logged its own failure
+            except Exception:  # noqa: BLE001, S110 - the previous job logged its own failure
                 pass
             try:
                 await job()

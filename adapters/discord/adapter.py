@@ -141,7 +141,7 @@ class DiscordAdapter:
         # finishes them; whatever is left is handed back by the core's drain.
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 10
-        while self.core.runner.pending and loop.time() < deadline:
+        while self.core.pending_jobs and loop.time() < deadline:
             await asyncio.sleep(0.1)
         await self.client.close()
 

@@ -372,7 +372,7 @@ class SlackAdapter:
             # (A message that overtakes an earlier-queued later one is processed first and is
             # indexed under the fallback name; the stored name is still corrected.)
             try:
-                self.core.runner.submit(message.conversation_key, lambda: self._refine(message, refine, submitted))
+                self.core.run_in_conversation(message.conversation_key, lambda: self._refine(message, refine, submitted))
             except RuntimeError:
                 pass  # shutting down: stored with what is known
         elif refine.permalink:
@@ -423,7 +423,7 @@ class SlackAdapter:
         if link and link != message.link:
             message.link = fields["link"] = link
         if fields:
-            await self.core.store.messages.update_one({"key": message.event_key}, {"$set": fields})
+            await self.core.amend_message(message.event_key, fields)
 
     def _fetcher(self, file: dict[str, Any]) -> Callable[[], Awaitable[bytes]]:
         url = str(file.get("url_private_download") or file.get("url_private") or "")

@@ -149,7 +149,7 @@ class TelegramAdapter:
             await asyncio.sleep(0.1)
         # Let replies already queued reach people before the connection closes.
         for _ in range(100):
-            if self.core.runner.pending == 0:
+            if self.core.pending_jobs == 0:
                 break
             await asyncio.sleep(0.1)
         await self.bot.session.close()
