@@ -1,5 +1,6 @@
 """The outbound kit every adapter shares: one governor per chat (a keyed pacer), the send
-fence, typing keep-alive, one jittered backoff, and transient-vs-definite errors.
+fence, a bounded record of partly sent replies, typing keep-alive, one jittered backoff with
+the one retry loop built on it, and the classifier of transient vs definite errors.
 
 The pacer is the single place a platform's send limits live: final sends, stream edits and
 typing indicators of one chat all take their turn from it, so a streamed answer can never
@@ -13,10 +14,14 @@ import contextvars
 import logging
 import random
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+V = TypeVar("V")
 
 log = logging.getLogger(__name__)
 
@@ -164,9 +169,42 @@ class KeyedPacer:
             return
         self._last_prune = now
         for key, chat in list(self._chats.items()):
-            idle = now - chat.last_used > self.max_idle_s and now > chat.held_until + 60
-            if idle and not chat.lock.locked() and not (chat.recent and now - chat.recent[-1] < 60):
+            idle = now - chat.last_used > self.max_idle_s and now > chat.held_until
+            # Recent sends still count against a per-minute budget for a minute.
+            window = 60.0 if self.limits(key).per_minute else self.limits(key).interval_s
+            if idle and not chat.lock.locked() and not (chat.recent and now - chat.recent[-1] < window):
                 del self._chats[key]
+
+
+# -- partly sent replies -----------------------------------------------------------------
+
+
+class PartialSends(Generic[V]):
+    """What was already sent of each reply (platform ids of its parts), so a retried reply
+    resumes instead of repeating. Bounded: the oldest records go first (a reply still
+    unfinished after `size` newer ones has long been given up on)."""
+
+    def __init__(self, new: Callable[[], V] = list, size: int = 1000) -> None:  # type: ignore[assignment]
+        self.new = new
+        self.size = size
+        self._sent: OrderedDict[str, V] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._sent)
+
+    def parts(self, key: str) -> V:
+        """The (mutable) record for `key` (by default a list: append each part's id as it goes)."""
+        sent = self._sent.get(key)
+        if sent is None:
+            sent = self._sent[key] = self.new()
+            while len(self._sent) > self.size:
+                self._sent.popitem(last=False)
+        self._sent.move_to_end(key)
+        return sent
+
+    def done(self, key: str) -> None:
+        """The reply is complete: nothing to resume."""
+        self._sent.pop(key, None)
 
 
 # -- typing ------------------------------------------------------------------------------
@@ -205,14 +243,114 @@ def backoff(attempt: int, base_s: float = 1.0, cap_s: float = 30.0) -> float:
 
 
 TRANSIENT_NAMES = ("Timeout", "Network", "Connection", "ServerError", "ServiceUnavailable", "TryAgain")
+_RETRIED = "mnemo_retried"  # set on an error whose retries are used up (see retried_here)
 
 
 def is_transient(exc: BaseException) -> bool:
     """Worth retrying: the network, a timeout, a 5xx or a 429. Definite failures (a refusal, a
-    bad request, a programming error) are not retried."""
+    bad request, a programming error) are not retried, nor is an error already retried by
+    the layer that met it (one retry layer per hop)."""
+    if getattr(exc, _RETRIED, False):
+        return False
     if isinstance(exc, (TimeoutError, ConnectionError)):
         return True
     status = getattr(exc, "status", None) or getattr(getattr(exc, "response", None), "status_code", None)
     if isinstance(status, int):
         return status == 429 or status >= 500
     return any(part in type(exc).__name__ for part in TRANSIENT_NAMES)
+
+
+def mark_retried(exc: BaseException) -> None:
+    """This error's hop has been retried as long as it should: no caller retries it again."""
+    try:
+        setattr(exc, _RETRIED, True)
+    except AttributeError:  # an exception type with __slots__: left as it is
+        pass
+
+
+@asynccontextmanager
+async def retried_here() -> AsyncIterator[None]:
+    """Around an adapter's delivery: platform errors leaving it were retried by the adapter
+    (or its SDK) already, so the core reports them instead of retrying them again. Errors of
+    the core's own hop (the send fence's store write) pass unmarked."""
+    try:
+        yield
+    except Fenced:
+        raise
+    except Exception as exc:
+        from pymongo.errors import PyMongoError
+
+        if not isinstance(exc, PyMongoError):
+            mark_retried(exc)
+        raise
+
+
+class Stopped(Exception):
+    """The adapter was told to stop while it waited to retry."""
+
+
+async def pause(seconds: float, stopping: asyncio.Event | None) -> None:
+    """Sleep `seconds`, waking at once (with `Stopped`) when `stopping` is set."""
+    if stopping is None:
+        await asyncio.sleep(seconds)
+        return
+    try:
+        await asyncio.wait_for(stopping.wait(), seconds)
+    except TimeoutError:
+        return
+    raise Stopped
+
+
+async def retry(
+    call: Callable[[], Awaitable[T]],
+    *,
+    what: str,
+    logger: logging.Logger = log,
+    stopping: asyncio.Event | None = None,
+    transient: Callable[[BaseException], bool] = is_transient,
+    attempts: int | None = None,
+    base_s: float = 1.0,
+    cap_s: float = 30.0,
+    explain: Callable[[BaseException], str] = lambda exc: type(exc).__name__,
+    on_retry: Callable[[BaseException], None] | None = None,
+) -> T:
+    """`call()` until it succeeds, retrying transient errors with `backoff`, one log line per
+    attempt ("<what> (<explain(error)>); retrying in Ns"). Definite errors, and the error of
+    the last of `attempts` (None: until stopped), are raised at once (no pause after the last
+    attempt) and marked retried. Checks `stopping` itself before every attempt, so a loop of
+    instant failures can never spin, even if a cancellation was swallowed."""
+    attempt = 0
+    while True:
+        if stopping is not None and stopping.is_set():
+            raise Stopped
+        try:
+            return await call()
+        except (Stopped, Fenced, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            attempt += 1
+            if not transient(exc) or (attempts is not None and attempt >= attempts):
+                if transient(exc):
+                    mark_retried(exc)
+                raise
+            delay = backoff(attempt, base_s, cap_s)
+            logger.warning("%s (%s); retrying in %.1fs", what, explain(exc), delay)
+            if on_retry is not None:
+                on_retry(exc)
+            await pause(delay, stopping)
+
+
+async def until_stopped(work: Awaitable[T], stopping: asyncio.Event) -> T:
+    """Await `work` unless `stopping` is set first (then `Stopped`): a long poll or a slow
+    connect must not delay shutdown."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise Stopped
+    return task.result()

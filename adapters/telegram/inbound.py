@@ -1,18 +1,40 @@
-"""Telegram messages -> `core.Message`: who said what, where, whether the bot was addressed,
-and which files it carries (declared with their size, downloaded only when the core asks)."""
+"""Telegram updates -> `core.Message`: receiving them (long polling, or the webhook on the
+shared HTTP server), who said what, where, whether the bot was addressed, and which files it
+carries (declared with their size, downloaded only when the core asks)."""
 
 from __future__ import annotations
 
+import asyncio
+import hmac
+import json
+import logging
 import re
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
 
+from aiogram import Bot
+from aiogram.exceptions import TelegramAPIError, TelegramConflictError, TelegramUnauthorizedError
 from aiogram.types import Message as TgMessage
-from aiogram.types import MessageEntity
+from aiogram.types import MessageEntity, Update
+from aiohttp import web
+from pydantic import ValidationError
 
+from core.errors import FatalPlatformError
+from core.errors import is_transient as store_transient
 from core.models import Attachment, AttachmentKind, Message
+from core.outbound import Stopped, retry, until_stopped
+from core.platform import CorePort
+
+log = logging.getLogger(__name__)
 
 PLATFORM = "telegram"
+WEBHOOK_PATH = "/telegram/webhook"
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+ALLOWED_UPDATES = ["message", "edited_message"]
+SEEN_UPDATES = 10_000
 
 # file_id -> bytes; the adapter supplies it (getFile + download).
 Downloader = Callable[[str], Awaitable[bytes]]
@@ -26,6 +48,130 @@ class BotIdentity:
     @property
     def mention(self) -> str:
         return f"@{self.username}".lower()
+
+
+class Receiver:
+    """Updates in: each one stored by the core before it is confirmed (the next getUpdates
+    offset, or the webhook's 200); one that can never be stored is quarantined, so a bad
+    update never stops every chat's intake."""
+
+    def __init__(
+        self, core: CorePort, bot: Bot, stopping: asyncio.Event, migrate: Callable[[int, int], Awaitable[None]],
+        *, webhook_secret: str | None, poll_timeout_s: int,
+    ) -> None:
+        self.core = core
+        self.bot = bot
+        self.stopping = stopping
+        self.migrate = migrate
+        self.webhook_secret = webhook_secret
+        self.poll_timeout_s = poll_timeout_s
+        self.me: BotIdentity | None = None
+        self._seen_updates: OrderedDict[int, None] = OrderedDict()
+
+    async def poll(self) -> None:
+        offset: int | None = None
+        while not self.stopping.is_set():
+            try:
+                updates = await retry(
+                    lambda offset=offset: until_stopped(self.bot.get_updates(
+                        offset=offset, timeout=self.poll_timeout_s, allowed_updates=ALLOWED_UPDATES), self.stopping),
+                    what="Telegram: getUpdates failed", logger=log, stopping=self.stopping,
+                    transient=lambda exc: isinstance(exc, TelegramAPIError)
+                    and not isinstance(exc, TelegramUnauthorizedError),
+                    explain=_explain_poll_failure,
+                )
+            except Stopped:
+                return
+            except TelegramUnauthorizedError as exc:
+                raise FatalPlatformError("TELEGRAM_BOT_TOKEN was rejected by Telegram (401 Unauthorized)") from exc
+            for update in updates:
+                if not await self._intake_until_stored(update):
+                    return  # stopping: the update stays unconfirmed and comes again next start
+                # Confirmed (by the next getUpdates offset) only after the core has stored it.
+                offset = update.update_id + 1
+
+    async def _intake_until_stored(self, update: Update) -> bool:
+        try:
+            await retry(lambda: self.intake(update), what=f"Telegram: storing update {update.update_id} failed",
+                        logger=log, stopping=self.stopping, transient=store_transient)
+        except Stopped:
+            return False
+        except Exception as exc:  # noqa: BLE001 - definite: quarantined, then confirmed
+            await self._quarantine(update, exc)
+        return True  # one bad update never stops every chat's intake
+
+    async def handle_webhook(self, request: web.Request) -> web.Response:
+        """POST /telegram/webhook: check the secret, store the update, acknowledge; the core
+        answers in its own background tasks."""
+        given = request.headers.get(SECRET_HEADER, "")
+        if not self.webhook_secret or not hmac.compare_digest(given.encode(), self.webhook_secret.encode()):
+            return web.Response(status=401, text="bad secret token")
+        try:
+            update = Update.model_validate(await request.json(), context={"bot": self.bot})
+        except (ValueError, ValidationError):
+            return web.Response(status=400, text="not a Telegram update")
+        if self.me is None:
+            return web.Response(status=503, text="starting")  # Telegram delivers it again
+        try:
+            await self.intake(update)
+        except Exception as exc:
+            if not store_transient(exc):
+                await self._quarantine(update, exc)
+                return web.Response(status=200)  # never stored, kept aside: a redelivery cannot help
+            log.exception("Telegram: storing update %s failed", update.update_id)
+            return web.Response(status=500, text="try again")  # Telegram redelivers; nothing is lost
+        return web.Response(status=200)
+
+    async def _quarantine(self, update: Update, error: Exception) -> None:
+        try:
+            payload: str | None = json.dumps(update.model_dump(mode="json", exclude_none=True))
+        except Exception:  # noqa: BLE001 - what could not be stored may not serialise either
+            payload = None
+        await self.core.quarantine(PLATFORM, str(update.update_id), payload, error)
+
+    async def intake(self, update: Update) -> None:
+        """One update -> the core. A redelivered update_id does nothing; the core's dedupe
+        (telegram:chat:message) covers redeliveries from before a restart."""
+        if update.update_id in self._seen_updates:
+            return
+        tg = update.message or update.edited_message
+        if tg is not None and self.me is not None:
+            if tg.migrate_to_chat_id is not None:
+                log.info("Telegram: group %s became supergroup %s", tg.chat.id, tg.migrate_to_chat_id)
+                await self.migrate(tg.chat.id, tg.migrate_to_chat_id)
+            else:
+                message = self._normalize(update)
+                if message is not None:
+                    await self.core.submit(message)
+        self._seen_updates[update.update_id] = None
+        while len(self._seen_updates) > SEEN_UPDATES:
+            self._seen_updates.popitem(last=False)
+
+    def _normalize(self, update: Update) -> Message | None:
+        tg = update.message or update.edited_message
+        assert tg is not None and self.me is not None
+        try:
+            return to_core_message(tg, self.me, self._download, edited=update.edited_message is not None)
+        except Exception:  # a shape we don't understand: log it, never block the chat behind it
+            log.exception("Telegram: could not read update %s", update.update_id)
+            return None
+
+    async def _download(self, file_id: str) -> bytes:
+        file = await self.bot.get_file(file_id)
+        if not file.file_path:
+            raise ValueError("Telegram returned no file_path")
+        if Path(file.file_path).is_absolute():
+            # A self-hosted Bot API server in --local mode hands out paths on its own disk.
+            return await asyncio.to_thread(Path(file.file_path).read_bytes)
+        buffer = await self.bot.download_file(file.file_path, timeout=300)
+        assert isinstance(buffer, BytesIO)
+        return buffer.getvalue()
+
+
+def _explain_poll_failure(exc: BaseException) -> str:
+    if isinstance(exc, TelegramConflictError):
+        return "another process is receiving this bot's updates (a second `mnemo run`?)"
+    return type(exc).__name__
 
 
 def to_core_message(tg: TgMessage, me: BotIdentity, download: Downloader, *, edited: bool = False) -> Message | None:

@@ -8,6 +8,7 @@ import hashlib
 
 from adapters.telegram.outbound import Sender, _reply_to, _thread, render_html
 from core.models import Message, Reply
+from core.outbound import retried_here
 from core.streaming import EditedParts
 
 # Telegram shows a draft change as an animation; once a second is plenty. In a group every
@@ -41,7 +42,8 @@ class DraftAnswer:
         await self.sender.draft(int(self.message.conversation_id), self.draft_id, part, _thread(self.message))
 
     async def finish(self, reply: Reply) -> list[str]:
-        return await self.sender.send_reply(self.message, reply, self.bot_username)
+        async with retried_here():  # the Sender retried already: the core does not again
+            return await self.sender.send_reply(self.message, reply, self.bot_username)
 
 
 class EditedAnswer:
@@ -69,10 +71,11 @@ class EditedAnswer:
         return bool(self.parts.ids)
 
     async def finish(self, reply: Reply) -> list[str]:
-        if not self.parts.ids:
-            return await self.sender.send_reply(self.message, reply, self.bot_username)  # nothing previewed
-        self._preview = False  # the final text waits out 429s instead of being skipped
-        return await self.parts.sync(render_html(reply), final=True)
+        async with retried_here():  # the Sender retried already: the core does not again
+            if not self.parts.ids:
+                return await self.sender.send_reply(self.message, reply, self.bot_username)  # nothing previewed
+            self._preview = False  # the final text waits out 429s instead of being skipped
+            return await self.parts.sync(render_html(reply), final=True)
 
     async def _post(self, index: int, text: str) -> str:
         return await self.sender.send_text(self.chat, text, self.reply_to if index == 0 else None, self.thread)

@@ -1,16 +1,22 @@
 """core.Reply -> Telegram messages: HTML with everything escaped, split at 4096 characters by
 the core's renderer, threaded on the triggering message, paced per chat, and retried on 429
-after `retry_after` so a reply is delayed, never dropped or doubled."""
+after `retry_after` so a reply is delayed, never dropped or doubled.
+
+The retries are aiogram's session middleware (`SendRetries`): the one retry layer of the
+Telegram hop, for the Sender's calls only (polling and getMe have their own loop)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import html
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiogram import Bot
+from aiogram.client.session.middlewares.base import BaseRequestMiddleware, NextRequestMiddlewareType
 from aiogram.enums import ParseMode
 from aiogram.exceptions import (
     TelegramBadRequest,
@@ -20,10 +26,11 @@ from aiogram.exceptions import (
     TelegramRetryAfter,
     TelegramServerError,
 )
+from aiogram.methods.base import Response, TelegramMethod, TelegramType
 from aiogram.types import BufferedInputFile, LinkPreviewOptions, ReplyParameters
 
 from core.models import Message, Reply
-from core.outbound import KeyedPacer, Limits, backoff
+from core.outbound import KeyedPacer, Limits, PartialSends, retry
 from core.render import render_chunks
 
 log = logging.getLogger(__name__)
@@ -72,6 +79,53 @@ class DmNotStarted(Exception):
     """Telegram refuses a bot's first message to a user who never pressed Start."""
 
 
+# Which kind of Sender call is in progress in this task: "send" (waits out 429s, retries
+# network failures), "preview" (a stream update: never retried), None (not a Sender call).
+_CALL: contextvars.ContextVar[str | None] = contextvars.ContextVar("mnemo_telegram_call", default=None)
+
+
+class SendRetries(BaseRequestMiddleware):
+    """aiogram session middleware: a 429 holds the whole chat in the pacer and is waited out
+    (counted for /metrics); network failures and 5xx are retried with the kit's backoff,
+    NETWORK_ATTEMPTS times in all. It runs inside the pacer slot, so a split reply keeps its
+    order."""
+
+    def __init__(self, pacer: KeyedPacer, on_rate_limit: RateLimited) -> None:
+        self.pacer = pacer
+        self.on_rate_limit = on_rate_limit
+
+    async def __call__(
+        self, make_request: NextRequestMiddlewareType[TelegramType], bot: Bot, method: TelegramMethod[TelegramType]
+    ) -> Response[TelegramType]:
+        mode = _CALL.get()
+        if mode is None:
+            return await make_request(bot, method)
+        preview = mode == "preview"
+        return await retry(
+            lambda: self._waiting_out_429(make_request, bot, method, preview),
+            what="Telegram send failed", logger=log, attempts=NETWORK_ATTEMPTS, cap_s=10,
+            transient=lambda exc: not preview and isinstance(exc, (TelegramNetworkError, TelegramServerError)),
+        )
+
+    async def _waiting_out_429(
+        self, make_request: NextRequestMiddlewareType[TelegramType], bot: Bot, method: TelegramMethod[TelegramType],
+        preview: bool,
+    ) -> Response[TelegramType]:
+        chat: Any = getattr(method, "chat_id", None)
+        while True:
+            try:
+                return await make_request(bot, method)
+            except TelegramRetryAfter as exc:
+                # Not sent: Telegram rejected it. Every call to the chat waits it out.
+                log.warning("Telegram rate limit in chat %s: retrying after %ss", chat, exc.retry_after)
+                self.on_rate_limit(exc.retry_after)
+                if chat is not None:
+                    self.pacer.hold(chat, exc.retry_after)
+                if preview:
+                    raise PreviewRateLimited(str(exc)) from exc
+                await asyncio.sleep(exc.retry_after)
+
+
 class Sender:
     def __init__(
         self, bot: Bot, pacer: KeyedPacer, on_migrate: Migrate, on_rate_limit: RateLimited = lambda seconds: None
@@ -79,22 +133,22 @@ class Sender:
         self.bot = bot
         self.pacer = pacer
         self.on_migrate = on_migrate
-        self.on_rate_limit = on_rate_limit  # told of every retry_after wait (metrics)
+        bot.session.middleware(SendRetries(pacer, on_rate_limit))
         # Chunks already sent per (event, reply): if the core retries a reply after a failure
-        # half-way, the parts people already got are not sent again.
-        self._progress: dict[str, list[str]] = {}
+        # half-way, the parts people already got are not sent again. Bounded.
+        self.partial: PartialSends[list[str]] = PartialSends(list)
 
     async def send_reply(self, message: Message, reply: Reply, bot_username: str) -> list[str]:
         chunks = render_html(reply)
         key = _progress_key(message, reply, chunks)
-        sent = self._progress.setdefault(key, [])
+        sent = self.partial.parts(key)
         if reply.private and not message.is_dm:
             await self._send_private(message, reply, chunks, sent, bot_username)
         else:
             chat = int(message.conversation_id)
             await self._send_all(chat, chunks, reply, sent, _reply_to(message), _thread(message))
-        # Only a complete reply forgets its progress; a failure keeps it for the core's retry.
-        del self._progress[key]
+        # Only a complete reply forgets its progress; a failure keeps it for a retry.
+        self.partial.done(key)
         return sent
 
     async def _send_private(
@@ -169,41 +223,30 @@ class Sender:
     async def _call(
         self, chat: int, send: Callable[[int], Awaitable[object]], *, preview: bool = False, fence: bool = True
     ) -> str:
-        """One call in the chat's turn; wait out 429s, follow a group's migration, retry
-        transient network failures. Returns the sent message id ("" for edits). The message
-        is marked SENDING (`fence`) only once the turn is ours, right before the call. A
-        `preview` (stream update) is never retried: the next one carries newer text."""
-        network_failures = 0
-        while True:
-            async with self.pacer.slot(chat, fence=fence):
-                try:
-                    result = await send(chat)
-                    return str(getattr(result, "message_id", ""))
-                except TelegramRetryAfter as exc:
-                    # Not sent: Telegram rejected it. Every call to the chat waits it out.
-                    log.warning("Telegram rate limit in chat %s: retrying after %ss", chat, exc.retry_after)
-                    self.on_rate_limit(exc.retry_after)
-                    self.pacer.hold(chat, exc.retry_after)
-                    if preview:
-                        raise PreviewRateLimited(str(exc)) from exc
-                    await asyncio.sleep(exc.retry_after)  # holding the turn: a split reply keeps its order
-                except TelegramMigrateToChat as exc:
-                    await self.on_migrate(chat, exc.migrate_to_chat_id)
-                    chat = exc.migrate_to_chat_id
-                except TelegramForbiddenError as exc:
-                    if chat > 0:
-                        raise DmNotStarted(str(exc)) from exc
-                    raise
-                except TelegramBadRequest as exc:
-                    if chat > 0 and "chat not found" in exc.message.lower():
-                        raise DmNotStarted(str(exc)) from exc
-                    raise
-                except (TelegramNetworkError, TelegramServerError) as exc:
-                    network_failures += 1
-                    if preview or network_failures >= NETWORK_ATTEMPTS:
+        """One call in the chat's turn (429s and network failures are retried by `SendRetries`
+        within it); follows a group's migration. Returns the sent message id ("" for edits).
+        The message is marked SENDING (`fence`) only once the turn is ours, right before the
+        call. A `preview` (stream update) is never retried: the next one carries newer text."""
+        mode = _CALL.set("preview" if preview else "send")
+        try:
+            while True:
+                async with self.pacer.slot(chat, fence=fence):
+                    try:
+                        result = await send(chat)
+                        return str(getattr(result, "message_id", ""))
+                    except TelegramMigrateToChat as exc:
+                        await self.on_migrate(chat, exc.migrate_to_chat_id)
+                        chat = exc.migrate_to_chat_id
+                    except TelegramForbiddenError as exc:
+                        if chat > 0:
+                            raise DmNotStarted(str(exc)) from exc
                         raise
-                    log.warning("Telegram send failed (%s); retrying", type(exc).__name__)
-                    await asyncio.sleep(backoff(network_failures, cap_s=10))
+                    except TelegramBadRequest as exc:
+                        if chat > 0 and "chat not found" in exc.message.lower():
+                            raise DmNotStarted(str(exc)) from exc
+                        raise
+        finally:
+            _CALL.reset(mode)
 
 
 def _reply_parameters(message_id: int | None) -> ReplyParameters | None:
