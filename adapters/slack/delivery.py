@@ -7,9 +7,10 @@ Where a reply goes:
 - a slash command has no message to thread under: its public answer goes to the channel;
 - `Reply.file` (an export) is uploaded into the user's DM with the bot.
 
-Exactly once: the core retries `send_reply` when it raises, so every part already sent for a
-message is remembered and skipped on the retry — a reply that hit a rate limit half-way is
-completed, never doubled. Across a crash, every posted part carries message `metadata`
+Retries are the SDK's: the Web API client's and the response_url client's `RetryHandler`s
+(see adapters/slack/outbound.py) wait out 429s and retry connection and server errors.
+Exactly once: every part already sent for a message is remembered (bounded, the kit's
+`PartialSends`) and skipped if the reply is sent again — completed, never doubled. Across a crash, every posted part carries message `metadata`
 (`mnemo_reply`, naming the message answered and the part): the worker that adopts the
 message reads the thread back (`include_all_metadata`) and edits the parts already there
 instead of posting them again.
@@ -17,20 +18,19 @@ instead of posting them again.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import aiohttp
 from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.async_handler import AsyncRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from adapters.slack import mrkdwn
 from adapters.slack.directory import Lru
 from core.models import Message, Reply
-from core.outbound import KeyedPacer, enter_fence
+from core.outbound import KeyedPacer, PartialSends, enter_fence
 from core.render import render_chunks
 
 log = logging.getLogger(__name__)
@@ -39,13 +39,6 @@ log = logging.getLogger(__name__)
 _NOT_IN_CONVERSATION = {"channel_not_found", "not_in_channel", "user_not_in_channel", "is_archived"}
 FILE_IN_DM_NOTE = "I sent the file to our DM."
 METADATA_EVENT = "mnemo_reply"
-
-
-@dataclass
-class _Progress:
-    """Parts of one reply already delivered (by step name -> platform id)."""
-
-    done: dict[str, str] = field(default_factory=dict)
 
 
 class DmChannels:
@@ -74,25 +67,23 @@ class ReplySender:
         dm_channels: DmChannels,
         pacer: KeyedPacer,
         max_chars: int,
-        max_rate_limit_waits: int = 8,
-        on_rate_limit: Callable[[float], None] = lambda seconds: None,
+        retry_handlers: Callable[[], list[AsyncRetryHandler]] = list,
     ) -> None:
         self.client = client
         self.dm_channels = dm_channels
         self.pacer = pacer
         self.max_chars = max_chars
-        self.max_rate_limit_waits = max_rate_limit_waits
-        self.on_rate_limit = on_rate_limit  # told of every Retry-After wait (metrics)
-        self._progress: Lru = Lru(2000)
+        self.retry_handlers = retry_handlers  # for response_url posts, like the Web API client's
+        # Parts of each reply already delivered (step name -> platform id).
+        self.partial: PartialSends[dict[str, str]] = PartialSends(dict, size=2000)
 
     async def send(self, message: Message, reply: Reply) -> list[str]:
-        progress: _Progress = self._progress.get(message.event_key) or _Progress()
-        self._progress.put(message.event_key, progress)
+        done = self.partial.parts(message.event_key)
         is_slash = bool(message.reply_context.get("slash"))
         ephemeral = reply.private and not message.is_dm
 
         if reply.file is not None:
-            await self._step(progress, "file", lambda: self._upload_to_dm(message, reply))
+            await self._step(done, "file", lambda: self._upload_to_dm(message, reply))
             if not message.is_dm:
                 reply = Reply(f"{reply.text}\n{FILE_IN_DM_NOTE}", reply.footnotes, reply.private, None,
                               reply.is_error)
@@ -104,19 +95,19 @@ class ReplySender:
         if message.reply_context.get("adopted") and not ephemeral:
             # A worker died while sending this reply: parts it posted are edited, not doubled.
             for index, ts in (await self.posted_parts(message)).items():
-                progress.done.setdefault(f"text{index}", f"adopted:{ts}")
+                done.setdefault(f"text{index}", f"adopted:{ts}")
         for index, chunk in enumerate(chunks):
             if ephemeral:
-                await self._step(progress, f"text{index}", lambda c=chunk: self._post_ephemeral(message, c))
+                await self._step(done, f"text{index}", lambda c=chunk: self._post_ephemeral(message, c))
             else:
-                await self._step(progress, f"text{index}", lambda c=chunk, i=index: self._post(message, c, i))
-            done = progress.done[f"text{index}"]
-            if done.startswith("adopted:"):
-                ts = done.removeprefix("adopted:")
-                await self._rate_limited(lambda c=chunk, t=ts, i=index: self.update(message, t, c, i))
-                progress.done[f"text{index}"] = ts
-        self._progress.pop(message.event_key, None)
-        return [sent for key, sent in progress.done.items() if key.startswith("text")]
+                await self._step(done, f"text{index}", lambda c=chunk, i=index: self.post(message, c, i))
+            posted = done[f"text{index}"]
+            if posted.startswith("adopted:"):
+                ts = posted.removeprefix("adopted:")
+                await self.update(message, ts, chunk, index)
+                done[f"text{index}"] = ts
+        self.partial.done(message.event_key)
+        return [sent for key, sent in done.items() if key.startswith("text")]
 
     async def posted_parts(self, message: Message) -> dict[int, str]:
         """The parts of the reply to `message` already in the conversation (part -> ts), read
@@ -142,25 +133,11 @@ class ReplySender:
                 found[int(payload.get("part") or 0)] = str(posted["ts"])
         return found
 
-    async def _step(self, progress: _Progress, name: str, action: Any) -> None:
-        if name in progress.done:
+    @staticmethod
+    async def _step(done: dict[str, str], name: str, action: Callable[[], Awaitable[Any]]) -> None:
+        if name in done:
             return  # delivered on an earlier attempt
-        progress.done[name] = await self._rate_limited(action)
-
-    async def _rate_limited(self, action: Any) -> str:
-        """The SDK's retry handler already honours Retry-After; this covers a limit that outlasts
-        it, so the part is delayed rather than given up."""
-        for _ in range(self.max_rate_limit_waits):
-            try:
-                return str(await action())
-            except SlackApiError as exc:
-                if exc.response.status_code != 429:
-                    raise
-                wait = min(retry_after(exc.response.headers), 120.0)
-                log.warning("Slack rate limit; retrying in %.0fs", wait)
-                self.on_rate_limit(wait)
-                await asyncio.sleep(wait)
-        return str(await action())
+        done[name] = str(await action())
 
     # -- destinations -------------------------------------------------------------------
 
@@ -173,7 +150,7 @@ class ReplySender:
     def metadata(message: Message, part: int) -> dict[str, Any]:
         return {"event_type": METADATA_EVENT, "event_payload": {"message_key": message.event_key, "part": part}}
 
-    async def _post(self, message: Message, text: str, part: int = 0) -> str:
+    async def post(self, message: Message, text: str, part: int = 0) -> str:
         channel = message.conversation_id
         try:
             async with self.pacer.slot(channel):
@@ -225,20 +202,12 @@ class ReplySender:
 
     async def _respond(self, response_url: str, text: str, response_type: str) -> str:
         """POST to a slash command's response_url (works where the bot is not a member)."""
-        payload = {"response_type": response_type, "text": text}
         await enter_fence()
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-            for _ in range(self.max_rate_limit_waits):
-                async with session.post(response_url, json=payload) as response:
-                    if response.status == 429:
-                        wait = min(retry_after(response.headers), 120.0)
-                        self.on_rate_limit(wait)
-                        await asyncio.sleep(wait)
-                        continue
-                    if response.status >= 400:
-                        raise RuntimeError(f"response_url answered HTTP {response.status}")
-                    return f"response_url:{response_type}"
-        raise RuntimeError("response_url stayed rate limited")
+        webhook = AsyncWebhookClient(response_url, timeout=30, retry_handlers=self.retry_handlers())
+        response = await webhook.send(text=text, response_type=response_type)
+        if response.status_code >= 400:
+            raise RuntimeError(f"response_url answered HTTP {response.status_code}")
+        return f"response_url:{response_type}"
 
     async def _upload_to_dm(self, message: Message, reply: Reply) -> str:
         assert reply.file is not None

@@ -1,13 +1,14 @@
 """Streamed answers on Slack: the first words are posted as the threaded reply (with the
 reply's metadata), then the message is edited with `chat.update` as the answer grows; a
 part that fills up is followed by the next. Every call takes the channel's turn from the
-same pacer as final posts."""
+same pacer as final posts; the SDK's retry handlers wait out 429s."""
 
 from __future__ import annotations
 
 from adapters.slack import mrkdwn
 from adapters.slack.delivery import ReplySender
 from core.models import Message, Reply
+from core.outbound import retried_here
 from core.render import render_chunks
 from core.streaming import EditedParts
 
@@ -35,16 +36,17 @@ class EditedAnswer:
         await self.parts.sync(self._render(Reply(text)))
 
     async def finish(self, reply: Reply) -> list[str]:
-        if not self.parts.ids:
-            return await self.sender.send(self.message, reply)  # nothing previewed: sent as usual
-        return await self.parts.sync(self._render(reply), final=True)
+        async with retried_here():  # the SDK retried already: the core does not again
+            if not self.parts.ids:
+                return await self.sender.send(self.message, reply)  # nothing previewed: sent as usual
+            return await self.parts.sync(self._render(reply), final=True)
 
     async def _post(self, index: int, text: str) -> str:
-        return await self.sender._rate_limited(lambda: self.sender._post(self.message, text, index))
+        return await self.sender.post(self.message, text, index)
 
     async def _edit(self, ts: str, text: str) -> None:
         index = self.parts.ids.index(ts)
-        await self.sender._rate_limited(lambda: self.sender.update(self.message, ts, text, index))
+        await self.sender.update(self.message, ts, text, index)
 
     async def _delete(self, ts: str) -> None:
-        await self.sender._rate_limited(lambda: self.sender.delete(self.message, ts))
+        await self.sender.delete(self.message, ts)
