@@ -20,9 +20,9 @@ from functools import partial
 from pathlib import Path
 from typing import TextIO
 
-from core.engine import Core
 from core.kinds import visible
 from core.models import Attachment, AttachmentKind, Message, PlatformLimits, Reply
+from core.platform import CorePort
 from core.render import render_plain
 
 _AUDIO = {".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".wav", ".webm", ".flac"}
@@ -45,7 +45,7 @@ class ConsoleAdapter:
 
     def __init__(
         self,
-        core: Core,
+        core: CorePort,
         user: str,
         channel: str | None = None,
         admin: bool = False,

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Protocol
 
@@ -12,9 +11,12 @@ import discord
 import yarl
 from discord.gateway import DiscordWebSocket
 
+from core.outbound import retry
+
 log = logging.getLogger(__name__)
 
 DEFAULT_API_BASE = "https://discord.com/api/v10"
+MAX_RATE_LIMIT_WAIT_S = 120.0
 INTENTS = discord.Intents(guilds=True, guild_messages=True, dm_messages=True, message_content=True)
 # What the bot needs in a guild: see channels, answer (also in threads), reply to a message
 # (a reply needs Read Message History). Private answers go to interactions or DMs.
@@ -50,7 +52,10 @@ class MnemoClient(discord.Client):
         # Mnemo never joins voice: skip discord.py's start-up warnings about voice libraries.
         discord.VoiceClient.warn_nacl = False
         discord.VoiceClient.warn_dave = False
-        super().__init__(intents=INTENTS, chunk_guilds_at_startup=False, max_messages=1000)
+        # discord.py waits out 429s itself; one that would outlast the limit fails the send
+        # (reported) instead of holding the conversation's queue behind it.
+        super().__init__(intents=INTENTS, chunk_guilds_at_startup=False, max_messages=1000,
+                         max_ratelimit_timeout=MAX_RATE_LIMIT_WAIT_S)
         self.tree = discord.app_commands.CommandTree(self)
 
     async def on_message(self, message: discord.Message) -> None:
@@ -74,17 +79,12 @@ class MnemoClient(discord.Client):
             log.warning("discord: could not register application commands: %s", exc)
 
     async def discover_gateway(self) -> yarl.URL:
-        delay = 1.0
-        while True:
-            try:
-                _shards, url, _limits = await self.http.get_bot_gateway()
-                return yarl.URL(url)
-            except (discord.GatewayNotFound, aiohttp.ClientError, OSError) as exc:
-                if self.is_closed():
-                    raise
-                log.warning("discord: GET /gateway/bot failed (%s); retrying in %.0fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 60.0)
+        _shards, url, _limits = await retry(
+            self.http.get_bot_gateway, what="discord: GET /gateway/bot failed", logger=log, cap_s=60,
+            explain=str, transient=lambda exc: isinstance(exc, (discord.GatewayNotFound, aiohttp.ClientError, OSError))
+            and not self.is_closed(),
+        )
+        return yarl.URL(url)
 
     async def connect(self, *, reconnect: bool = True) -> None:
         gateway = await self.discover_gateway()

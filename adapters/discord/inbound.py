@@ -9,14 +9,21 @@ the thread's. Message ids are snowflakes, so
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import mimetypes
 import re
 
+import aiohttp
 import discord
 
 from core.models import Attachment, AttachmentKind, Message
+from core.platform import CorePort
+
+log = logging.getLogger(__name__)
 
 PLATFORM = "discord"
+_NETWORK_ERRORS = (discord.HTTPException, aiohttp.ClientError, OSError, asyncio.TimeoutError)
 _MENTION_TOKEN = re.compile(r"<(?:@[!&]?|#)(\d+)>")
 _ANSWERABLE = (discord.MessageType.default, discord.MessageType.reply)
 
@@ -132,3 +139,72 @@ def from_interaction(interaction: discord.Interaction, text: str) -> Message:
         # Channel permissions Discord resolved for this member in this channel (overwrites included).
         reply_context={"interaction": interaction, "manage_channels": interaction.permissions.manage_channels},
     )
+
+
+class Intake:
+    """Gateway events -> the core, stored in the order Discord delivered them. The core
+    dedupes on the message id, so a re-dispatch after a resume does nothing twice."""
+
+    def __init__(self, core: CorePort, client: discord.Client) -> None:
+        self.core = core
+        self.client = client
+        # discord.py runs each event in its own task; submitting under one lock keeps the
+        # order in which Discord delivered them (the core answers per conversation in order).
+        self._lock = asyncio.Lock()
+
+    async def _submit(self, message: Message) -> asyncio.Future[None] | None:
+        async with self._lock:
+            return await self.core.submit(message)
+
+    async def on_message(self, event: discord.Message) -> None:
+        me = self.client.user
+        if me is None:
+            return
+        message = from_message(event, me.id)
+        if message is None:
+            return
+        try:
+            await self._submit(message)
+        except Exception:
+            log.exception("discord: could not store message %s", message.event_key)
+
+    async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
+        me = self.client.user
+        if me is None or "content" not in payload.data:
+            return  # embeds resolving, pins...: the text did not change
+        message = from_message(payload.message, me.id)
+        if message is None:
+            return
+        message.edited = True
+        try:
+            await self._submit(message)
+        except Exception:
+            log.exception("discord: could not apply edit %s", message.event_key)
+
+    async def on_command(self, interaction: discord.Interaction, text: str, private: bool) -> None:
+        message = from_interaction(interaction, text)
+        deferred = asyncio.Event()
+        message.reply_context.update(deferred=deferred, ephemeral=private, followup=True)
+        try:
+            future = await self._submit(message)
+        except Exception:
+            log.exception("discord: could not store command %s", message.event_key)
+            deferred.set()
+            try:
+                await interaction.response.send_message(
+                    "Something went wrong on my side and I couldn't save that; please try again.", ephemeral=True
+                )
+            except _NETWORK_ERRORS:
+                pass
+            return
+        if future is None:
+            deferred.set()
+            return  # a re-dispatched interaction: it was acknowledged the first time
+        try:
+            # Acknowledge within Discord's 3 s; the answer follows as followup messages.
+            await interaction.response.defer(ephemeral=private, thinking=True)
+        except _NETWORK_ERRORS as exc:
+            log.warning("discord: could not acknowledge interaction %s: %s", interaction.id, exc)
+            message.reply_context["followup"] = False
+        finally:
+            deferred.set()
