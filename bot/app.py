@@ -7,7 +7,6 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
 
 from bot.config import Settings
 from bot.http import HttpServer, build_http_app
@@ -18,18 +17,15 @@ from core.errors import FatalPlatformError
 from core.media import MediaReader
 from core.memory.embedder import make_embedder
 from core.memory.index import MemoryIndex
+from core.platform import Adapter
 
 log = logging.getLogger(__name__)
 
-
-class RunnableAdapter(Protocol):
-    name: str
-
-    def routes(self) -> list[tuple[str, str, Any]]: ...
-
-    async def run(self) -> None: ...
-
-    async def stop(self) -> None: ...
+# SIGTERM to exit: stop intake + drain + close within this, leaving the rest of the 25 s
+# a SIGTERM may take (issue 14) to closing the core and the stores.
+SHUTDOWN_BUDGET_S = 20.0
+STOP_INTAKE_S = 5.0  # each adapter's stop_intake() returns well within this
+CLOSE_S = 4.0  # kept for closing every adapter after the drain
 
 
 def core_config(settings: Settings) -> CoreConfig:
@@ -85,9 +81,9 @@ def store_for(stores: Stores, settings: Settings):  # type: ignore[no-untyped-de
     return Store(stores.mongo, settings.mongodb_db)
 
 
-def build_adapters(settings: Settings, core: Core) -> list[RunnableAdapter]:
+def build_adapters(settings: Settings, core: Core) -> list[Adapter]:
     """One adapter per platform whose credentials are set (SDKs imported only when used)."""
-    adapters: list[RunnableAdapter] = []
+    adapters: list[Adapter] = []
     if settings.telegram_bot_token:
         from adapters.telegram import TelegramAdapter
 
@@ -162,19 +158,43 @@ async def run_platforms(settings: Settings) -> int:
                 if exit_code:
                     break
         finally:
-            # Drain: webhooks answer 503 from now on (the platform retries on another
-            # worker), in-flight work gets MNEMO_DRAIN_SECONDS, the rest is handed back.
-            http.draining = True
             stopper.cancel()
-            for adapter in adapters:
-                try:
-                    await asyncio.wait_for(adapter.stop(), 15)
-                except Exception:
-                    log.exception("stopping %s failed", adapter.name)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, stopper, return_exceptions=True)
-            await core.drain(timeout=settings.drain_seconds)
-            await http.stop()
-            log.info("stopped")
+            await shut_down(adapters, tasks | {stopper}, core, http, settings.drain_seconds)
         return exit_code
+
+
+async def shut_down(adapters: list[Adapter], tasks: set[asyncio.Task[None]], core: Core, http: HttpServer,
+                    drain_seconds: float) -> None:
+    """Stop intake on every adapter at once, drain the core (in-flight replies still go out;
+    the rest is handed back to another worker), then close every adapter at once: all within
+    SHUTDOWN_BUDGET_S, whatever state a platform is in (a platform still retrying its first
+    connection stops at once)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SHUTDOWN_BUDGET_S
+    http.draining = True  # webhooks answer 503 from now on: the platform retries elsewhere
+    await _on_every(adapters, "stop_intake", STOP_INTAKE_S)
+    _, running = await asyncio.wait(tasks, timeout=1.0) if tasks else (set(), set())
+    # The core's drain waits up to its timeout twice (replies in flight, then learning), and is
+    # never cut short: what it cannot finish it hands back to another worker at its end.
+    drain_for = max(0.0, deadline - CLOSE_S - loop.time())
+    await core.drain(timeout=min(drain_seconds, drain_for / 2))
+    await _on_every(adapters, "close", max(1.0, deadline - loop.time()))
+    for task in running:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await http.stop()
+    log.info("stopped")
+
+
+async def _on_every(adapters: list[Adapter], step: str, timeout: float) -> None:
+    """`adapter.<step>()` on every adapter at once, each bounded by `timeout`."""
+
+    async def one(adapter: Adapter) -> None:
+        try:
+            await asyncio.wait_for(getattr(adapter, step)(), timeout)
+        except TimeoutError:
+            log.warning("%s: %s did not finish within %.0fs", adapter.name, step, timeout)
+        except Exception:
+            log.exception("%s: %s failed", adapter.name, step)
+
+    await asyncio.gather(*(one(adapter) for adapter in adapters))

@@ -103,7 +103,53 @@ def test_run_with_platforms_unreachable_retries_each_and_stops_at_once_on_sigter
     assert took < 15, f"{took:.1f} s after SIGTERM"
     assert len(lines) < 40, f"{len(lines)} lines: {''.join(lines[-5:])}"
     assert "Session is closed" not in "".join(lines) and "Traceback" not in "".join(lines)
-    assert attempts("retrying in 1s") == 2  # backoff: the 1 s pause once per platform
+    for platform in ("Telegram: getMe failed", "discord: cannot reach"):
+        pauses = [float(m) for line in lines if platform in line for m in re.findall(r"retrying in ([\d.]+)s", line)]
+        assert pauses[0] <= 1.0 < max(pauses), pauses  # backoff: jittered, growing from 1 s
+
+
+def test_sigterm_with_one_platform_down_and_an_answer_stuck_exits_within_25s(
+    base_env: dict[str, str], fake_llm: FakeLLM
+) -> None:
+    """Telegram unreachable (still retrying its first connection) and Discord up with a question
+    at a model that never answers: SIGTERM stops intake on both at once, drains the core (the
+    stuck message is handed back for another worker), closes both, and the process exits
+    within 25 s with a clean log."""
+    from tests.fakes.discord import FakeDiscord
+
+    discord = FakeDiscord().start()
+    env = {**base_env, **fake_llm.env(), **discord.env(), "TELEGRAM_BOT_TOKEN": TELEGRAM_TOKEN,
+           "TELEGRAM_API_BASE": f"http://127.0.0.1:{closed_port()}", "MNEMO_HTTP_PORT": "0"}
+    process = subprocess.Popen([sys.executable, "-m", "bot.cli", "run"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env, cwd=str(REPO))
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+    try:
+        discord.wait(lambda: discord.ready or process.poll() is not None, timeout=180, what="mnemo run to connect")
+        assert process.poll() is None, "".join(lines)
+        fake_llm.hang = True
+        question = discord.message("what should I bring to the offsite?", dm=True)
+        discord.dispatch("MESSAGE_CREATE", question)
+        discord.wait(lambda: bool(fake_llm.chat_requests()), timeout=60, what="the question at the model")
+        process.send_signal(signal.SIGTERM)
+        stopped_at = time.monotonic()
+        code = process.wait(timeout=90)
+        took = time.monotonic() - stopped_at
+    finally:
+        fake_llm.hang = False
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        discord.stop()
+    reader.join(timeout=5)
+    log = "".join(lines)
+    assert code == 0, log
+    assert took < 25, f"{took:.1f} s after SIGTERM"
+    assert "handed back 1 unfinished messages" in log, log  # another worker answers it
+    assert "Telegram: getMe failed" in log  # it really was down the whole time
+    assert "Traceback" not in log and " ERROR " not in log and "Session is closed" not in log, log
+    assert "INFO bot.app: stopped" in log, log[-500:]
 
 
 def test_a_second_chat_on_a_data_dir_in_use_says_who_holds_it(base_env: dict[str, str], data_dir: Path) -> None:

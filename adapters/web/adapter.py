@@ -50,15 +50,21 @@ class WebAdapter:
     async def typing(self, message: Message) -> AsyncIterator[None]:
         yield  # the page shows "Mnemo is thinking…" while the form is being answered
 
-    # -- lifecycle (bot.app's RunnableAdapter) -------------------------------------------
+    # -- lifecycle (core.platform.Adapter) -----------------------------------------------
 
     async def run(self) -> None:
         await self.ensure_indexes()
         await self._stopped.wait()
 
-    async def stop(self) -> None:
+    async def stop_intake(self) -> None:
         self._stopped.set()
+
+    async def close(self) -> None:
         logging.getLogger().removeHandler(self.errors)
+
+    async def stop(self) -> None:
+        await self.stop_intake()
+        await self.close()
 
     async def ensure_indexes(self) -> None:
         db = self.core.store.db
