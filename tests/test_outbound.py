@@ -7,6 +7,7 @@ import ast
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -98,6 +99,13 @@ async def test_a_delivery_error_is_not_retried_again_by_the_core() -> None:
             raise TimeoutError
     assert not is_transient(raised.value)
     assert is_transient(TimeoutError())
+
+
+async def test_the_core_offers_everything_the_port_promises(make_core: Any) -> None:
+    core = await make_core()
+    assert isinstance(core, CorePort)
+    missing = [name for name in CorePort.__annotations__ if not hasattr(core, name)]
+    assert not missing, missing
 
 
 def _core_attributes(path: Path) -> set[str]:
