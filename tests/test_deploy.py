@@ -131,6 +131,8 @@ def test_healthz_and_metrics_report_stores_and_traffic(cluster: Cluster) -> None
     event = dm(cluster, "HEALTH1", "I keep the spare keys under the blue flowerpot")
     assert post_event(w1.url, event) == 200
     wait_answered(cluster, event)
+    # The time per message is recorded once its processing is written back, just after the reply.
+    wait_for(lambda: 'mnemo_message_seconds_count{platform="slack"}' in w1.metrics(), 10, "the message timed")
     metrics = w1.metrics()
     series = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if line and not line.startswith("#"))
     assert float(series['mnemo_messages_in_total{platform="slack"}']) >= 1
