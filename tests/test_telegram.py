@@ -293,6 +293,31 @@ async def test_429_is_waited_out_then_sent_exactly_once(bot: Running, telegram: 
     assert 'mnemo_rate_limit_waits_total{platform="telegram"} 1' in bot.core.metrics.render()
 
 
+async def test_telegram_down_while_sending_is_retried_once_by_the_adapter_not_again_by_the_core(
+    bot: Running, telegram: FakeTelegram
+) -> None:
+    """One retry layer per hop: a send that keeps failing is tried NETWORK_ATTEMPTS times in
+    all (the core does not repeat the adapter's retries); a shorter outage is ridden out."""
+    from adapters.telegram.outbound import NETWORK_ATTEMPTS
+
+    def attempts() -> list[Any]:
+        return [c for c in telegram.calls if c.method == "sendMessage"]
+
+    await bot.start()
+    telegram.fail_next("sendMessage", 100)
+    lost = telegram.push(telegram.message(private_chat(ALICE), ALICE, "hello there"))
+    await eventually(lambda: len(attempts()) >= NETWORK_ATTEMPTS, what="the retries")
+    await settle(15)  # the core would retry after 1-10 s backoffs
+    assert [c.status for c in attempts()] == [502] * NETWORK_ATTEMPTS
+    assert not replies_to(telegram, lost)
+    telegram.outages.clear()
+    telegram.fail_next("sendMessage", NETWORK_ATTEMPTS - 1)
+    asked = telegram.push(telegram.message(private_chat(BOB), BOB, "hello again"))
+    await eventually(lambda: replies_to(telegram, asked), what="the reply after the outage")
+    await settle()
+    assert len(telegram.sent_messages(BOB["id"])) == 1
+
+
 async def test_long_answer_is_split_under_4096_with_whole_footnotes_and_paced(
     bot: Running, telegram: FakeTelegram, fake_llm: FakeLLM
 ) -> None:

@@ -96,6 +96,7 @@ class FakeTelegram:
         self.member_status: dict[tuple[int, int], str] = {}
         self.dm_blocked: set[int] = set()  # users who never pressed Start
         self.rate_limits: dict[str, list[int]] = {}  # method -> retry_after for its next calls
+        self.outages: dict[str, int] = {}  # method -> how many of its next calls answer 502
         self.webhook: dict[str, Any] | None = None
         # What the chats show now: (chat_id, message_id) -> the bot's message (edits applied,
         # deleted ones removed); drafts: chat_id -> the draft's current text.
@@ -176,6 +177,11 @@ class FakeTelegram:
         with self._lock:
             self.rate_limits.setdefault(method, []).append(retry_after)
 
+    def fail_next(self, method: str, times: int) -> None:
+        """The next `times` calls of `method` answer 502 Bad Gateway (Telegram's servers down)."""
+        with self._lock:
+            self.outages[method] = self.outages.get(method, 0) + times
+
     # -- what tests read ----------------------------------------------------------------
 
     def calls_to(self, method: str) -> list[Call]:
@@ -212,6 +218,12 @@ class FakeTelegram:
             self.calls.append(call)
             pending_429 = self.rate_limits.get(method)
             retry_after = pending_429.pop(0) if pending_429 else None
+            down = self.outages.get(method, 0) > 0
+            if down:
+                self.outages[method] -= 1
+        if down:
+            call.status = 502
+            return _error(502, "Bad Gateway")
         if retry_after is not None:
             call.status = 429
             return _error(429, f"Too Many Requests: retry after {retry_after}", {"retry_after": retry_after})
