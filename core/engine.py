@@ -29,6 +29,7 @@ from core.pipeline.delivery import DELIVERY_ATTEMPTS, Delivery
 from core.pipeline.documents import memory_item, memory_text, message_from_doc, storable
 from core.pipeline.intake import Intake
 from core.pipeline.process import EMPTY, GAVE_UP, INTERRUPTED, MEMORY_DOWN, REREAD, Processor, media_acknowledgement
+from core.pipeline.turns import TurnSignals
 from core.pipeline.upkeep import Upkeep
 from core.pipeline.worker import Worker, every
 from core.platform import Platform
@@ -66,7 +67,8 @@ class Core:
         self.worker = Worker(services)
         self.answering = Answering(services)
         self.processor = Processor(services, self.answering, Delivery(services))
-        self.intake = Intake(services, self.processor, self.worker)
+        self.turns = TurnSignals(services)
+        self.intake = Intake(services, self.processor, self.worker, self.turns)
         self.worker.enqueue = self.intake.enqueue
         self.upkeep = Upkeep(services)
         self._loops: list[asyncio.Task[None]] = []  # loops that take work: stopped first when draining
@@ -129,6 +131,7 @@ class Core:
             elif self.answerer.has_model:
                 log.info("model configuration: %s", self.config.model)
         await self.worker.start_beating()
+        self.turns.start()
         if background:
             beat_every = self.worker.beat_every
             for seconds, job, name in ((3600, self.enforce_retention, "retention"),
@@ -147,6 +150,7 @@ class Core:
         await asyncio.gather(*self._loops, return_exceptions=True)
         self._loops.clear()
         await self.runner.close(timeout)
+        await self.turns.stop()
         await self.learner.close(timeout)  # what was told is learned before the process exits
         await self.worker.hand_back()
 

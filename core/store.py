@@ -440,3 +440,20 @@ class Store:
             ]
         cursor = self.messages.find(query).sort([("created_at", ASCENDING), ("_id", ASCENDING)]).limit(limit)
         return [doc async for doc in cursor]
+
+    async def finished_conversations(self) -> AsyncIterator[str]:
+        """The conversation key of every message that becomes done or failed, on any worker,
+        as it happens (a change stream; raises where the server has none, e.g. a standalone
+        MongoDB: callers fall back to polling)."""
+        finished = {"operationType": "update", "updateDescription.updatedFields.state": {"$in": [DONE, FAILED]}}
+        pipeline: list[dict[str, Any]] = [{"$match": finished}, {"$project": {"fullDocument.conversation_key": 1}}]
+        stream = await self.messages.watch(pipeline, full_document="updateLookup", max_await_time_ms=1000)
+
+        async def keys() -> AsyncIterator[str]:
+            async with stream:
+                async for change in stream:
+                    key = (change.get("fullDocument") or {}).get("conversation_key")
+                    if key:
+                        yield key
+
+        return keys()

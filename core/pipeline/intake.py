@@ -15,6 +15,7 @@ from core import commands, kinds
 from core.models import Message, Reply, utcnow
 from core.pipeline.documents import memory_item, memory_text, storable, storable_context, stored_media
 from core.pipeline.process import EMPTY, Processor
+from core.pipeline.turns import TurnSignals
 from core.pipeline.worker import Worker
 from core.services import Services
 from core.store import message_doc
@@ -43,10 +44,11 @@ def _ms(moment: datetime) -> datetime:
 
 
 class Intake:
-    def __init__(self, services: Services, processor: Processor, worker: Worker) -> None:
+    def __init__(self, services: Services, processor: Processor, worker: Worker, turns: TurnSignals) -> None:
         self.services = services
         self.processor = processor
         self.worker = worker
+        self.turns = turns
         self._queued: dict[str, list[Queued]] = {}  # conversation -> heap of messages not yet taken
         self._seq = itertools.count()
 
@@ -129,6 +131,7 @@ class Intake:
         if stored is not None:
             entry.stored.set_result(stored)
         heapq.heappush(self._queued.setdefault(message.conversation_key, []), entry)
+        self.turns.notify(message.conversation_key)  # it may be earlier than the one waiting
         self.services.runner.submit(message.conversation_key, lambda: self._run_next(message.conversation_key))
         return entry
 
@@ -154,9 +157,23 @@ class Intake:
         s = self.services
         deadline = time.monotonic() + 2 * s.config.lease_seconds
         pause = 0.02
+        try:
+            while True:
+                entry, done = await self._look(conversation_key, entry, deadline)
+                if done:
+                    return entry
+                await self.turns.wait(conversation_key, pause)
+                pause = min(pause * 2, self.turns.max_pause)
+        finally:
+            self.turns.disarm(conversation_key)
+
+    async def _look(self, conversation_key: str, entry: Queued, deadline: float) -> tuple[Queued, bool]:
+        """One look for await_turn: (the entry to run or keep waiting with, whether to run it)."""
+        s = self.services
         while True:
+            self.turns.arm(conversation_key)  # a wake-up from here on ends the wait after this look
             if not await entry.stored:
-                return entry
+                return entry, True
             queue = self._queued.get(conversation_key)
             if queue and queue[0] < entry:
                 entry = heapq.heapreplace(queue, entry)
@@ -165,16 +182,15 @@ class Intake:
                 conversation_key, entry.message.event_key, entry.order_ts, entry.created_at
             )
             if earlier is None:
-                return entry
+                return entry, True
             if earlier.get("owner") not in await self.worker.live_workers():
                 # Its holder is dead: adopt it here (it joins this queue, ahead of this
                 # entry), or, when it cannot be adopted here, it does not hold this one up.
                 if not await self.worker.recover_stale(conversation_key):
-                    return entry
+                    return entry, True
                 continue
             if time.monotonic() > deadline:
                 log.warning("an earlier message of %s is still pending; answering %s out of order",
                             conversation_key, entry.message.event_key)
-                return entry
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.5)
+                return entry, True
+            return entry, False
