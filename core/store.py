@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 from core.kinds import NOT_MEMORY, QUESTION, REPLY, TOLD
 from core.models import Message, Scope, utcnow
@@ -441,13 +441,18 @@ class Store:
         cursor = self.messages.find(query).sort([("created_at", ASCENDING), ("_id", ASCENDING)]).limit(limit)
         return [doc async for doc in cursor]
 
-    async def finished_conversations(self) -> AsyncIterator[str]:
+    async def finished_conversations(self) -> AsyncIterator[str] | None:
         """The conversation key of every message that becomes done or failed, on any worker,
-        as it happens (a change stream; raises where the server has none, e.g. a standalone
-        MongoDB: callers fall back to polling)."""
+        as it happens (a change stream). None where the server has no change streams (a
+        standalone MongoDB); other errors are raised."""
         finished = {"operationType": "update", "updateDescription.updatedFields.state": {"$in": [DONE, FAILED]}}
         pipeline: list[dict[str, Any]] = [{"$match": finished}, {"$project": {"fullDocument.conversation_key": 1}}]
-        stream = await self.messages.watch(pipeline, full_document="updateLookup", max_await_time_ms=1000)
+        try:
+            stream = await self.messages.watch(pipeline, full_document="updateLookup", max_await_time_ms=1000)
+        except OperationFailure as exc:
+            if exc.code == 40573:  # "only supported on replica sets"
+                return None
+            raise
 
         async def keys() -> AsyncIterator[str]:
             async with stream:

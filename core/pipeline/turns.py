@@ -63,6 +63,9 @@ class TurnSignals:
         while True:
             try:
                 keys = await self.services.store.finished_conversations()
+                if keys is None:
+                    log.info("MongoDB has no change streams here (standalone): waiting turns are polled")
+                    return
                 self.watching = True
                 async for key in keys:
                     self.notify(key)
