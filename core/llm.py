@@ -7,12 +7,13 @@ from typing import Any
 
 from core.config import CoreConfig
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # else litellm fetches it at import
-
 
 def import_litellm() -> Any:
     """litellm, imported once and told to keep quiet: by default it prints a "Give Feedback /
-    Get Help" banner and debug hints to stdout on every failed call (stdout is for replies)."""
+    Get Help" banner and debug hints to stdout on every failed call (stdout is for replies).
+    Its bundled price list is used unless the operator says otherwise: by default litellm
+    fetches one from the internet while it is imported (set here, at first use, not at import)."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     import litellm
 
     litellm.suppress_debug_info = True

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import io
 import logging
-import os
 import warnings
 from typing import Any
 
@@ -16,9 +15,7 @@ from PIL import Image, ImageOps
 
 from core.config import CoreConfig
 from core.errors import MediaError
-from core.llm import provider_kwargs
-
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+from core.llm import import_litellm, provider_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +120,7 @@ class VisionReader:
         self.config = config
 
     async def describe(self, url: str, filename: str) -> str:
-        import litellm
+        litellm = import_litellm()
 
         kwargs: dict[str, Any] = {
             "model": self.config.vision_model,

@@ -12,16 +12,13 @@ detected per note.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import Any
 
 from core.config import CoreConfig
 from core.errors import MediaError
-from core.llm import provider_kwargs
-
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+from core.llm import import_litellm, provider_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +88,7 @@ class RemoteSpeech:
         self.config = config
 
     async def transcribe(self, data: bytes, filename: str) -> str:
-        import litellm
+        litellm = import_litellm()
 
         kwargs: dict[str, Any] = {
             "model": self.config.stt_model,
