@@ -129,11 +129,9 @@ async def learning_core(api_base: str) -> AsyncIterator[Any]:
     from pymongo import AsyncMongoClient
     from secantus import SecantusDBServer
 
+    from core.build import build
     from core.config import CoreConfig
-    from core.engine import Core
     from core.memory.embedder import make_embedder
-    from core.memory.index import MemoryIndex
-    from core.store import Store
 
     with tempfile.TemporaryDirectory(prefix="mnemo-learning-") as tmp:
         server = SecantusDBServer(storage_path=os.path.join(tmp, "mongo"))
@@ -145,7 +143,7 @@ async def learning_core(api_base: str) -> AsyncIterator[Any]:
             )
             config = CoreConfig(data_dir=Path(tmp), model="openai/fake-model", llm_api_base=api_base,
                                 llm_api_key="sk-bench")
-            core = Core(config, Store(client, "learning"), MemoryIndex(chroma, make_embedder("local")))
+            core = build(config, client, chroma, make_embedder("local"), db_name="learning")
             await core.start(background=False)
             core.register(QuietPlatform())  # type: ignore[arg-type]
             try:

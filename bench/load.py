@@ -23,6 +23,7 @@ import argparse
 import itertools
 import json
 import os
+import re
 import signal
 import statistics
 import sys
@@ -77,6 +78,17 @@ class LoadResult:
             f"p95 {self.percentile(0.95):.2f} s, max {max(self.latencies, default=float('nan')):.2f} s, "
             f"mean {statistics.fmean(self.latencies) if self.latencies else float('nan'):.2f} s"
         )
+
+
+def mongodb_commands(worker_urls: list[str]) -> dict[str, int]:
+    """MongoDB commands the workers have sent so far, by command (their /metrics)."""
+    total: dict[str, int] = {}
+    for url in worker_urls:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=30) as response:
+            text = response.read().decode()
+        for name, value in re.findall(r'^mnemo_mongodb_commands\{command="(\w+)"\} (\S+)$', text, re.MULTILINE):
+            total[name] = total.get(name, 0) + int(float(value))
+    return total
 
 
 def post_event(url: str, event: dict[str, Any]) -> int:
@@ -192,8 +204,24 @@ def main(argv: list[str] | None = None) -> int:
             worker.wait_healthy(180)
         print(f"{args.workers} workers up; sending {args.conversations} conversations x {args.messages} "
               f"messages, one every {args.gap:g} s per conversation", flush=True)
-        result = drive(fake, [w.url for w in workers], args.conversations, args.messages, args.gap, args.timeout)
+        urls = [w.url for w in workers]
+        before = mongodb_commands(urls)
+        result = drive(fake, urls, args.conversations, args.messages, args.gap, args.timeout)
+        after = mongodb_commands(urls)
+        commands = {name: count - before.get(name, 0) for name, count in after.items() if count > before.get(name, 0)}
+        sent = sum(commands.values())
+        per_message = sent / result.answered if result.answered else float("nan")
         print(result.summary())
+        top = ", ".join(f"{name} {count}" for name, count in sorted(commands.items(), key=lambda kv: -kv[1])[:6])
+        print(f"MongoDB commands {sent} ({per_message:.1f} per answered message): {top}")
+        print(json.dumps({
+            "workers": args.workers, "conversations": args.conversations, "messages": args.messages,
+            "offered_per_s": round(args.conversations / args.gap, 1), "answered": result.answered,
+            "lost": len(result.lost), "duplicates": result.duplicates, "out_of_order": len(result.out_of_order),
+            "throughput_per_s": round(result.throughput, 2), "p50_s": round(result.percentile(0.5), 2),
+            "p95_s": round(result.percentile(0.95), 2), "mongodb_commands": sent,
+            "mongodb_commands_per_answer": round(per_message, 1), "mongodb_commands_by_name": commands,
+        }))
         return 0 if not result.lost and not result.duplicates and not result.out_of_order else 1
     finally:
         for worker in workers:

@@ -199,11 +199,9 @@ async def bench_core(name: str) -> AsyncIterator[Any]:
     from pymongo import AsyncMongoClient
     from secantus import SecantusDBServer
 
+    from core.build import build
     from core.config import CoreConfig
-    from core.engine import Core
     from core.memory.embedder import make_embedder
-    from core.memory.index import MemoryIndex
-    from core.store import Store
 
     with tempfile.TemporaryDirectory(prefix=f"mnemo-{name}-") as tmp:
         server = SecantusDBServer(storage_path=os.path.join(tmp, "mongo"))
@@ -217,7 +215,7 @@ async def bench_core(name: str) -> AsyncIterator[Any]:
             warm_up = getattr(embedder, "warm_up", None)
             if warm_up is not None:
                 await warm_up()
-            core = Core(CoreConfig(data_dir=Path(tmp)), Store(client, name), MemoryIndex(chroma, embedder))
+            core = build(CoreConfig(data_dir=Path(tmp)), client, chroma, embedder, db_name=name)
             await core.start(background=False)
             try:
                 yield core

@@ -87,11 +87,9 @@ async def run(replies: int) -> dict[str, Any]:
     from secantus import SecantusDBServer
 
     from adapters.telegram import TelegramAdapter
+    from core.build import build
     from core.config import CoreConfig
-    from core.engine import Core
     from core.memory.embedder import make_embedder
-    from core.memory.index import MemoryIndex
-    from core.store import Store
 
     llm = FakeLLM().start()
     llm.responder = lambda messages: f"{grounded_answer(messages)} {FILLER}"
@@ -105,7 +103,7 @@ async def run(replies: int) -> dict[str, Any]:
                                            settings=ChromaSettings(anonymized_telemetry=False))
         config = CoreConfig(data_dir=Path(tmp), model="openai/fake-model", llm_api_base=llm.api_base,
                             llm_api_key="sk-bench")
-        core = Core(config, Store(client, "bench"), MemoryIndex(chroma, make_embedder("local")))
+        core = build(config, client, chroma, make_embedder("local"), db_name="bench")
         await core.start(background=False)
         adapter = TelegramAdapter(core, token=TOKEN, api_base=fake.api_base, poll_timeout_s=1)
         core.register(adapter)

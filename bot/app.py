@@ -11,12 +11,12 @@ from contextlib import asynccontextmanager
 from bot.config import Settings
 from bot.http import HttpServer, build_http_app
 from bot.stores import Stores, open_stores
+from core.build import build
 from core.config import CoreConfig
 from core.engine import Core
 from core.errors import FatalPlatformError
 from core.media import MediaReader
 from core.memory.embedder import make_embedder
-from core.memory.index import MemoryIndex
 from core.platform import Adapter
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ async def open_core(settings: Settings, background: bool = True) -> AsyncIterato
             await asyncio.gather(warming, return_exceptions=True)
         raise
     config = core_config(settings)
-    core = Core(config, store_for(stores, settings), MemoryIndex(stores.chroma, embedder), media=MediaReader(config))
+    core = build(config, stores.mongo, stores.chroma, embedder, db_name=settings.mongodb_db, media=MediaReader(config))
     try:
         await core.start(background=background)
         if warming is not None:
@@ -73,12 +73,6 @@ async def open_core(settings: Settings, background: bool = True) -> AsyncIterato
     finally:
         await core.close()
         await stores.close()
-
-
-def store_for(stores: Stores, settings: Settings):  # type: ignore[no-untyped-def]
-    from core.store import Store
-
-    return Store(stores.mongo, settings.mongodb_db)
 
 
 def build_adapters(settings: Settings, core: Core) -> list[Adapter]:

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from core.engine import Core
+from core.mongo_commands import COMMANDS
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ def build_http_app(core: Core) -> web.Application:
 
     async def metrics(request: web.Request) -> web.Response:
         core.metrics.gauge("mnemo_queue_depth", core.runner.pending)
+        for command, count in COMMANDS.counts().items():  # sent since the process started
+            core.metrics.gauge("mnemo_mongodb_commands", count, command=command)
         return web.Response(text=core.metrics.render(), content_type="text/plain", charset="utf-8")
 
     app.router.add_get("/healthz", healthz)

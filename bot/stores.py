@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, quote, urlparse
 from pymongo import AsyncMongoClient
 
 from bot.config import ConfigError, Settings
+from core.mongo_commands import COMMANDS
 
 log = logging.getLogger(__name__)
 EMBEDDED_USER = "mnemo"
@@ -206,7 +207,7 @@ async def _open(settings: Settings, uri: str | None) -> Stores:
         server = await asyncio.to_thread(start_embedded_mongo, settings.data_dir)
         uri = server.login_uri
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        uri, serverSelectionTimeoutMS=10_000, tz_aware=True, **durable_writes(uri)
+        uri, serverSelectionTimeoutMS=10_000, tz_aware=True, event_listeners=[COMMANDS], **durable_writes(uri)
     )
     try:
         await client.admin.command("ping")

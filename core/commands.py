@@ -12,18 +12,17 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from core.channel_settings import KEYS, SettingError, describe, valid_values
 from core.errors import MemoryUnavailable
-from core.kinds import NOT_MEMORY
 from core.models import Message, Reply, ReplyFile, Scope, utcnow
 from core.platform import Platform
 from core.profile import exportable_facts, forget_all_facts, forget_fact, profile
 from core.render import shorten
-
-if TYPE_CHECKING:
-    from core.engine import Core
+from core.services import Services
+from core.store import Store
+from core.web_links import dashboard_reply
 
 # Commands that control the bot rather than say something: never remembered.
 CONTROL = frozenset(
@@ -32,8 +31,8 @@ CONTROL = frozenset(
 QUESTION = frozenset({"ask", "deep"})
 PAGE_SIZE = 10
 MAX_PAGE = 100_000  # far past any real listing, and a skip MongoDB can take
-# What /memory lists: what people told (not questions to Mnemo, commands, failed attachments).
-MEMORIES: dict[str, Any] = {"kind": {"$nin": NOT_MEMORY}, "remembered": True}
+# What /memory lists (the web dashboard lists the same).
+MEMORIES: dict[str, Any] = Store.MEMORIES
 
 _COMMAND = re.compile(r"^/([A-Za-z_]+)(?:@\w+)?(?:\s+(.*))?$", re.DOTALL)
 
@@ -88,18 +87,18 @@ def unknown(command: Command) -> Reply:
     return Reply(f"Unknown command /{command.name}, see /help", is_error=True)
 
 
-async def run(core: Core, message: Message, platform: Platform, command: Command) -> Reply:
+async def run(core: Services, message: Message, platform: Platform, command: Command) -> Reply:
     if command.name in PERSONAL and speaks_as_conversation(message):
         return Reply(ANONYMOUS, is_error=True)
     handler = _HANDLERS[command.name]
     return await handler(core, message, platform, command.args)
 
 
-async def _help(core: Core, message: Message, platform: Platform, args: str) -> Reply:
+async def _help(core: Services, message: Message, platform: Platform, args: str) -> Reply:
     return Reply(HELP.format(bot=core.config.bot_name), private=not message.is_dm and message.is_command)
 
 
-async def _settings(core: Core, message: Message, platform: Platform, args: str) -> Reply:
+async def _settings(core: Services, message: Message, platform: Platform, args: str) -> Reply:
     if not args:
         current = await core.settings.get(message.conversation_key)
         usage = f"Admins change them with /settings KEY VALUE. Keys: {', '.join(KEYS)}."
@@ -122,16 +121,13 @@ async def _settings(core: Core, message: Message, platform: Platform, args: str)
     return Reply(f"{key}: {old or '(none)'} -> {new or '(none)'}")
 
 
-async def _memory(core: Core, message: Message, platform: Platform, args: str) -> Reply:
+async def _memory(core: Services, message: Message, platform: Platform, args: str) -> Reply:
     arg = args.strip()
     if arg and not (arg.isascii() and arg.isdigit() and 0 < int(arg) <= MAX_PAGE):
         return Reply(f"Use /memory or /memory PAGE (a page number from 1 to {MAX_PAGE}).", private=True,
                      is_error=True)
     page = int(arg) if arg else 1
-    query = {"author_key": message.user_key, **MEMORIES}
-    total = await core.store.messages.count_documents(query)
-    cursor = core.store.messages.find(query).sort("ts", -1).skip((page - 1) * PAGE_SIZE).limit(PAGE_SIZE)
-    docs = [doc async for doc in cursor]
+    total, docs = await core.store.memories_page(message.user_key, page, PAGE_SIZE)
     if not docs:
         empty = "I don't remember anything from you." if page == 1 else f"No page {page}."
         return Reply(empty, private=True)
@@ -154,7 +150,7 @@ def _attachment_label(doc: dict[str, Any]) -> str:
     return f"(attachment I couldn't read: {names})" if names else "(empty)"
 
 
-async def delete_where(core: Core, query: dict[str, Any], replies_of: str | None = None) -> int:
+async def delete_where(core: Services, query: dict[str, Any], replies_of: str | None = None) -> int:
     """Delete matching messages from Chroma, then MongoDB, and what was derived from them
     (replies quoting them, answers to them; with `replies_of`, every reply to that person).
     Durable: the deletion is recorded first and finished at start-up if a crash interrupts
@@ -167,7 +163,7 @@ async def delete_where(core: Core, query: dict[str, Any], replies_of: str | None
     return len(deletion["keys"])
 
 
-async def finish_deletion(core: Core, deletion: dict[str, Any]) -> None:
+async def finish_deletion(core: Services, deletion: dict[str, Any]) -> None:
     """Chroma, then the facts learned only from these messages, then MongoDB (the record last)."""
     for part in deletion["scopes"]:
         await core.index.delete(Scope.parse(part["scope"]), part["ids"])
@@ -175,13 +171,13 @@ async def finish_deletion(core: Core, deletion: dict[str, Any]) -> None:
     await core.store.delete_recorded(deletion)
 
 
-async def _forget(core: Core, message: Message, platform: Platform, args: str) -> Reply:
+async def _forget(core: Services, message: Message, platform: Platform, args: str) -> Reply:
     target = args.strip()
     if not target:
         return Reply("Use /forget ID (ids are shown by /memory) or /forget all.", private=True, is_error=True)
     try:
         if target.lower() == "all":
-            count = await core.store.messages.count_documents({"author_key": message.user_key, **MEMORIES})
+            count = await core.store.count_memories(message.user_key)
             # Everything from this person (commands too, but not this /forget) and every reply to them.
             await delete_where(core, {"author_key": message.user_key, "key": {"$ne": message.event_key}},
                                replies_of=message.user_key)
@@ -200,17 +196,15 @@ async def _forget(core: Core, message: Message, platform: Platform, args: str) -
     return Reply(f"Done: I forgot {target}.", private=True)
 
 
-async def _export(core: Core, message: Message, platform: Platform, args: str) -> Reply:
+async def _export(core: Services, message: Message, platform: Platform, args: str) -> Reply:
     """What a person sent (commands left out) and what Mnemo replied to it, and the facts learned,
     without the bookkeeping fields (keys, leases, owners, order), times in ISO 8601 UTC."""
-    mine = {"author_key": message.user_key, "withheld": {"$ne": True}}
-    everything = [doc async for doc in core.store.messages.find(mine).sort("ts", 1)]
+    everything = await core.store.exportable_messages(message.user_key)
     messages = [doc for doc in everything if not _is_command(doc)]
     commands = {doc["key"] for doc in everything if _is_command(doc)}
     ids_by_key = {doc["key"]: doc["_id"] for doc in messages}
     replies = [
-        doc async for doc in core.store.replies.find({"author_key": message.user_key}).sort("ts", 1)
-        if doc.get("message_key") not in commands
+        doc for doc in await core.store.replies_to_author(message.user_key) if doc.get("message_key") not in commands
     ]
     user = await core.store.get_user(message.user_key)
     now = utcnow()
@@ -268,7 +262,7 @@ def export_file_prefix(message: Message) -> str:
     return f"mnemo-export-{message.platform}-{safe_id}-"
 
 
-def _delete_earlier_exports(core: Core, message: Message) -> int:
+def _delete_earlier_exports(core: Services, message: Message) -> int:
     """Exports written into the data dir (the console's) hold what was just forgotten."""
     folder = core.config.data_dir / "exports"
     removed = 0
@@ -278,11 +272,11 @@ def _delete_earlier_exports(core: Core, message: Message) -> int:
     return removed
 
 
-async def _profile(core: Core, message: Message, platform: Platform, args: str) -> Reply:
+async def _profile(core: Services, message: Message, platform: Platform, args: str) -> Reply:
     return await profile(core, message)
 
 
-async def _optout(core: Core, message: Message, platform: Platform, args: str) -> Reply:
+async def _optout(core: Services, message: Message, platform: Platform, args: str) -> Reply:
     await core.store.set_opt_out(message.user_key, message.author_name, True)
     return Reply(
         "I'll stop remembering your messages everywhere. What I already remember stays until you "
@@ -291,14 +285,12 @@ async def _optout(core: Core, message: Message, platform: Platform, args: str) -
     )
 
 
-async def _optin(core: Core, message: Message, platform: Platform, args: str) -> Reply:
+async def _optin(core: Services, message: Message, platform: Platform, args: str) -> Reply:
     await core.store.set_opt_out(message.user_key, message.author_name, False)
     return Reply("I'll remember your messages again. /optout stops it.", private=True)
 
 
-async def _dashboard(core: Core, message: Message, platform: Platform, args: str) -> Reply:
-    from core.web_links import dashboard_reply
-
+async def _dashboard(core: Services, message: Message, platform: Platform, args: str) -> Reply:
     return await dashboard_reply(core, message, platform)
 
 

@@ -20,16 +20,14 @@ import json
 import logging
 import time
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from core.answer import to_datetime
 from core.llm import provider_kwargs
 from core.models import Message
 from core.render import shorten
+from core.services import Services
 from core.store import PENDING
-
-if TYPE_CHECKING:
-    from core.engine import Core
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +87,8 @@ class MalformedAnswer(ValueError):
 
 
 class Learner:
-    def __init__(self, core: Core, batch: int = BATCH_MESSAGES, quiet_s: float = QUIET_SECONDS) -> None:
-        self.core = core
+    def __init__(self, services: Services, batch: int = BATCH_MESSAGES, quiet_s: float = QUIET_SECONDS) -> None:
+        self.services = services
         self.batch = batch
         self.quiet_s = quiet_s
         self._waiting: dict[str, int] = {}  # conversation -> messages noted since its last pass
@@ -104,7 +102,7 @@ class Learner:
 
     @property
     def model(self) -> str | None:
-        config = self.core.config
+        config = self.services.config
         return config.learning_model or config.model
 
     @property
@@ -177,9 +175,9 @@ class Learner:
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             self._waiting[key] = 0
-            facts = self.core.facts
+            facts = self.services.facts
             # Across workers, one pass per conversation at a time (a lease in MongoDB).
-            if not await facts.lease_learning(key, self.core.worker_id, LEASE_SECONDS):
+            if not await facts.lease_learning(key, self.services.worker_id, LEASE_SECONDS):
                 if not self._closing:
                     self._start(key, self.quiet_s)  # another worker is at it: look again later
                 return
@@ -197,21 +195,13 @@ class Learner:
                 if not self._closing:
                     self._start(key, delay)
             finally:
-                await facts.release_learning(key, self.core.worker_id)
+                await facts.release_learning(key, self.services.worker_id)
 
     async def _learn_batch(self, key: str) -> bool:
         """One request over the next messages. True when more may be waiting."""
-        facts = self.core.facts
+        facts = self.services.facts
         marker = await facts.marker(key)
-        query: dict[str, Any] = {"conversation_key": key}
-        if marker is not None and marker.get("created_at") is not None:
-            query["$or"] = [
-                {"created_at": {"$gt": marker["created_at"]}},
-                {"created_at": marker["created_at"], "_id": {"$gt": marker["message_id"]}},
-            ]
-        cursor = (self.core.store.messages.find(query).sort([("created_at", 1), ("_id", 1)])
-                  .limit(MAX_PER_REQUEST + 1))
-        found = [doc async for doc in cursor]
+        found = await self.services.store.messages_after(key, marker, MAX_PER_REQUEST + 1)
         more = len(found) > MAX_PER_REQUEST
         window: list[dict[str, Any]] = []
         for doc in found[:MAX_PER_REQUEST]:
@@ -232,12 +222,12 @@ class Learner:
 
         scope = told[0]["scope"]
         told = [d for d in told if d["scope"] == scope]  # one conversation, one scope
-        known = await self.core.facts.current_in_scope(scope)
+        known = await self.services.facts.current_in_scope(scope)
         request = learning_request(known, told)
         started = time.monotonic()
         response = await litellm.acompletion(
             model=self.model, messages=request, tools=[TOOL], tool_choice=TOOL_CHOICE,
-            num_retries=self.core.config.llm_retries, **provider_kwargs(self.core.config),
+            num_retries=self.services.config.llm_retries, **provider_kwargs(self.services.config),
         )
         self.calls += 1
         usage = getattr(response, "usage", None)
@@ -279,17 +269,17 @@ class Learner:
             if kind == "retire":
                 assert target is not None
                 when = max((to_datetime(s["ts"]) for s in spec["sources"]), default=_latest(told))
-                await self.core.facts.retire(target, when)
+                await self.services.facts.retire(target, when)
                 changes += 1
                 continue
             sources = spec["sources"]
-            new = await self.core.facts.add(
+            new = await self.services.facts.add(
                 text=spec["text"], about=spec["about"], about_key=_about_key(spec["about"], sources, told),
                 scope=scope, conversation_key=key, sources=[s["_id"] for s in sources],
                 valid_from=max(to_datetime(s["ts"]) for s in sources),
             )
             if target is not None:
-                await self.core.facts.supersede(target, new)
+                await self.services.facts.supersede(target, new)
             changes += 1
         return changes
 

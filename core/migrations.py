@@ -10,7 +10,7 @@ from core import commands, kinds
 from core.models import Scope, utcnow
 
 if TYPE_CHECKING:
-    from core.engine import Core
+    from core.services import Services as Core  # stages get the services, never the facade
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from core.privacy import readable_scopes
 from core.render import shorten
 
 if TYPE_CHECKING:
-    from core.engine import Core
+    from core.services import Services as Core  # stages get the services, never the facade
 
 NEEDS_MODEL = (
     "Learning needs a model: set MNEMO_MODEL (or MNEMO_LEARNING_MODEL) and I'll learn facts about you "

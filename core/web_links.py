@@ -21,7 +21,7 @@ from core.models import Message, Reply, Scope, utcnow
 from core.platform import Platform
 
 if TYPE_CHECKING:
-    from core.engine import Core
+    from core.services import Services as Core  # stages get the services, never the facade
 
 LINK_TTL = timedelta(minutes=15)
 SESSION_TTL = timedelta(hours=8)

@@ -120,10 +120,9 @@ async def make_core(mongo_uri: str, db_name: str, data_dir: Path) -> AsyncIterat
     from chromadb.config import Settings as ChromaSettings
     from pymongo import AsyncMongoClient
 
+    from core.build import build
     from core.config import CoreConfig
     from core.engine import Core
-    from core.memory.index import MemoryIndex
-    from core.store import Store
 
     made: list[tuple[Core, Any]] = []
 
@@ -132,7 +131,7 @@ async def make_core(mongo_uri: str, db_name: str, data_dir: Path) -> AsyncIterat
         chroma = chromadb.PersistentClient(
             path=str(data_dir / f"chroma{len(made)}"), settings=ChromaSettings(anonymized_telemetry=False)
         )
-        core = Core(CoreConfig(data_dir=data_dir, **config), Store(client, db_name), MemoryIndex(chroma, _embedder()))
+        core = build(CoreConfig(data_dir=data_dir, **config), client, chroma, _embedder(), db_name=db_name)
         await core.start(background=False)
         made.append((core, client))
         return core

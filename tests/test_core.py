@@ -185,3 +185,56 @@ async def test_a_dead_workers_message_is_adopted_at_once_and_never_blocks_the_ne
     # the live worker's message is left to it
     assert (await core.store.get_message("test:dm-u2:2"))["owner"] == alive
     assert await core.recover_stale() == 0
+
+
+async def test_many_long_memories_still_fit_the_models_context(make_core: Any, fake_llm: FakeLLM) -> None:
+    """Issue 14 defect 8: sources in a prompt are bounded (count and characters), so a channel
+    with many long memories and a large `recall_k` is still answered, not "couldn't reach"."""
+    core = await make_core(model="openai/fake-model", llm_api_base=fake_llm.api_base, llm_api_key="sk-test",
+                           recall_k=60)
+    platform = RecordingPlatform()
+    core.register(platform)
+    start = utcnow() - timedelta(days=2)
+    filler = " ".join(f"Then verify the service number {n} responds on its health endpoint." for n in range(22))
+    long_ones = [msg(f"Deploy checklist step {i}: drain the node pool {i}. {filler}", mid=f"s{i}", user="ops",
+                     conv="g1", dm=False, ts=start + timedelta(minutes=i)) for i in range(60)]
+    chatter = [msg(f"lunch plan {i}: tacos", mid=f"c{i}", user="bo", conv="g1", dm=False,
+                   ts=start + timedelta(hours=5, minutes=i)) for i in range(8)]
+    await core.ingest_history([(m, []) for m in long_ones + chatter])
+    fake_llm.max_prompt_chars = 24_000  # a finite context window: 60 quoted steps would not fit
+    await core.handle(msg("@mnemo what is on the deploy checklist?", mid="q1", user="bo", conv="g1", dm=False,
+                          mentions_bot=True))
+    [(_, reply)] = platform.sent
+    assert not reply.is_error, reply.text
+    assert "Deploy checklist step" in reply.text and reply.footnotes
+
+
+class FlakyPlatform(RecordingPlatform):
+    """Fails the first sends with `errors` (then sends), like a platform's network edge."""
+
+    def __init__(self, errors: list[BaseException]) -> None:
+        super().__init__()
+        self.errors = errors
+        self.attempts = 0
+
+    async def send_reply(self, message: Message, reply: Reply) -> list[str]:
+        self.attempts += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return await super().send_reply(message, reply)
+
+
+async def test_a_reply_is_retried_only_after_transient_send_errors(make_core: Any) -> None:
+    """Issue 14 defect 8: a network error is retried (and the reply arrives); a definite error
+    (a bug, a refusal) is not sent again and again, and the message is marked failed at once."""
+    core = await make_core()
+    flaky = FlakyPlatform([ConnectionResetError("reset by peer")])
+    core.register(flaky)
+    await core.handle(msg("my bike is the red one", mid="t1"))
+    assert flaky.attempts == 2 and len(flaky.sent) == 1
+
+    broken = FlakyPlatform([TypeError("send_reply() got an unexpected keyword argument")] * 4)
+    core.register(broken)
+    await core.handle(msg("my car is the blue one", mid="t2"))
+    assert broken.attempts == 1 and broken.sent == []
+    assert (await core.store.get_message("test:dm-u1:t2"))["state"] == "failed"

@@ -657,3 +657,55 @@ def test_manifest_grants_what_the_adapter_uses() -> None:
     assert [c["command"] for c in manifest["features"]["slash_commands"]] == ["/mnemo"]
     assert manifest["settings"]["socket_mode_enabled"] is True
     assert manifest["features"]["app_home"]["messages_tab_enabled"] is True  # people can DM it
+
+
+def test_a_slash_command_adopted_after_a_crash_is_answered_like_the_original(
+    base_env: dict[str, str], fake_llm: FakeLLM, fake_slack: FakeSlack, tmp_path: Path
+) -> None:
+    """Issue 14 defect 8: the process answering `/mnemo ask` is SIGKILLed mid-answer; the next
+    start answers it as a slash command (public, not threaded under its trigger id, saying
+    what it answers), because the message kept its reply context."""
+    port = free_port()
+    env = {**base_env, **fake_llm.env(), "SLACK_BOT_TOKEN": fake_slack.bot_token, "SLACK_SIGNING_SECRET": SECRET,
+           "SLACK_API_BASE": fake_slack.api_base, "MNEMO_HTTP_PORT": str(port)}
+    command = [sys.executable, "-m", "bot.cli", "run"]
+    base = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{base}/healthz", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    log_path = tmp_path / "mnemo.log"
+    with log_path.open("w") as log_file:
+        fake_llm.hang = True
+        first = subprocess.Popen(command, env=env, cwd=str(REPO), stdout=log_file, stderr=subprocess.STDOUT)
+        try:
+            _wait_sync(healthy, 180, first)  # type: ignore[arg-type]
+            body = slash_form("ask what is the capital of Portugal?", user=BOB, channel=CHANNEL,
+                              response_url=f"{fake_slack.url}/response/9")
+            assert _post_sync(f"{base}/slack/events", body,
+                              {"Content-Type": "application/x-www-form-urlencoded", **sign(SECRET, body)}) == 200
+            _wait_sync(fake_llm.answer_requests, 60, first)  # type: ignore[arg-type]
+        finally:
+            first.kill()
+            first.wait()
+        fake_llm.hang = False
+        assert not fake_slack.posts()
+        second = subprocess.Popen(command, env=env, cwd=str(REPO), stdout=log_file, stderr=subprocess.STDOUT)
+        try:
+            [answer] = _wait_sync(fake_slack.posts, 180, second)  # type: ignore[arg-type]
+        finally:
+            second.send_signal(signal.SIGTERM)
+            try:
+                second.wait(60)
+            except subprocess.TimeoutExpired:
+                second.kill()
+                second.wait()
+    print(log_path.read_text())  # shown by pytest when the test fails
+    assert answer.args["channel"] == CHANNEL and not answer.args.get("thread_ts")
+    assert answer.args["text"].startswith(f"<@{BOB}> asked: what is the capital of Portugal?")

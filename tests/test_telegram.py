@@ -24,6 +24,7 @@ from aiogram.types import Update
 
 from adapters.telegram import TelegramAdapter
 from core.engine import Core
+from core.models import Scope
 from tests.conftest import REPO
 from tests.fakes.llm import FakeLLM
 from tests.fakes.telegram import (
@@ -414,6 +415,45 @@ async def test_edit_updates_memory_and_migration_keeps_it(bot: Running, telegram
     asked = telegram.push(telegram.message(new_group, BOB, text, entities=[mention_entity(text, MENTION)]))
     [answer] = await eventually(lambda: replies_to(telegram, asked), what="answer after migration")
     assert "Mario" in visible(answer) and "Luigi" not in visible(answer)
+
+
+async def test_an_edit_of_a_queued_message_is_remembered_and_answered_with_the_new_text(
+    bot: Running, fake_llm: FakeLLM, telegram: FakeTelegram
+) -> None:
+    """Issue 14 defect 1: the edit arrives while its message waits behind a slow answer."""
+    await bot.start()
+    assert bot.core is not None
+    dm = private_chat(ALICE)
+    warm = telegram.push(telegram.message(dm, ALICE, "Hello there"))
+    await eventually(lambda: replies_to(telegram, warm), 180, "the first reply (embedding model loaded)")
+    fake_llm.hang = True  # the next answer takes a while: what follows queues behind it
+    before = len(fake_llm.answer_requests())
+    slow = telegram.push(telegram.message(dm, ALICE, "What should I cook tonight?"))
+    await eventually(lambda: len(fake_llm.answer_requests()) > before, what="the slow answer to start")
+    said = telegram.push(telegram.message(dm, ALICE, "My locker code is 1111"))
+    key = f"telegram:{dm['id']}:{said['message']['message_id']}"
+    await eventually(lambda: not telegram.updates, what="the statement consumed")
+    telegram.push(telegram.message(dm, ALICE, "My locker code is 4471", edited_of=said["message"]))
+
+    async def edited() -> bool:
+        doc = await bot.core.store.get_message(key)  # type: ignore[union-attr]
+        return doc is not None and "4471" in doc["text"]
+
+    deadline = time.monotonic() + 20
+    while not await edited():
+        assert time.monotonic() < deadline, "edit not stored"
+        await asyncio.sleep(0.1)
+    assert not replies_to(telegram, said)  # still queued behind the slow answer
+    fake_llm.hang = False
+    await eventually(lambda: replies_to(telegram, slow) and replies_to(telegram, said), what="both replies")
+    statement_prompt = str(fake_llm.answer_requests()[-1]["messages"])
+    assert "4471" in statement_prompt and "1111" not in statement_prompt
+    [hit] = await bot.core.index.search(Scope("dm", "telegram", str(ALICE["id"])), "locker code", 1)
+    assert "4471" in hit.document and "1111" not in hit.document
+
+    asked = telegram.push(telegram.message(dm, ALICE, "What is my locker code?"))
+    [answer] = await eventually(lambda: replies_to(telegram, asked), what="the answer")
+    assert "4471" in visible(answer) and "1111" not in visible(answer)
 
 
 async def test_commands_are_registered_on_start(bot: Running, telegram: FakeTelegram) -> None:

@@ -12,26 +12,24 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-from pymongo.errors import BulkWriteError
 
 from core import commands, kinds
 from core.media import MediaText
 from core.memory.index import MemoryItem
 from core.models import Message
+from core.pipeline.documents import memory_item, memory_text
+from core.services import Services
 from core.store import DONE, message_doc
-
-if TYPE_CHECKING:
-    from core.engine import Core
 
 # One batch of an import: its stored documents, its memories and the task embedding them.
 _Batch = tuple[list[dict[str, Any]], list[MemoryItem], "asyncio.Task[np.ndarray]"]
 
 
 async def ingest_history(
-    core: Core,
+    services: Services,
     entries: Iterable[tuple[Message, list[MediaText]]],
     batch_size: int = 256,
     on_batch: Callable[[int, int], None] | None = None,
@@ -43,8 +41,6 @@ async def ingest_history(
     `on_batch(messages, newly_stored)` is called after each batch is stored and indexed.
     Returns how many messages were newly stored.
     """
-    from core.engine import memory_text  # the pipeline's own rule for what is remembered
-
     settings_cache: dict[str, bool] = {}
     opted_out: dict[str, bool] = {}
 
@@ -63,10 +59,10 @@ async def ingest_history(
                 doc["media_kind"] = media[0].kind
             conv = message.conversation_key
             if conv not in settings_cache:
-                settings_cache[conv] = (await core.settings.get(conv)).memory == "on"
+                settings_cache[conv] = (await services.settings.get(conv)).memory == "on"
             if message.user_key not in opted_out:
                 opted_out[message.user_key] = bool(
-                    (await core.store.get_user(message.user_key)).get("opted_out")
+                    (await services.store.get_user(message.user_key)).get("opted_out")
                 )
             doc["remembered"] = bool(
                 doc["remember"]
@@ -77,7 +73,7 @@ async def ingest_history(
             doc["state"] = DONE
             docs.append(doc)
             if doc["remembered"]:
-                items.append(core._memory_item(doc, content, media))
+                items.append(memory_item(doc, content, media))
         return docs, items
 
     # A two-stage pipeline: while batch i is stored in MongoDB and indexed in Chroma (mostly
@@ -86,11 +82,11 @@ async def ingest_history(
     async def store_batch(
         docs: list[dict[str, Any]], items: list[MemoryItem], embedding: asyncio.Task[np.ndarray]
     ) -> int:
-        inserted = await _insert_new(core, docs)
+        inserted = await services.store.insert_new_messages(docs)
         vectors = await embedding
         keep = [i for i, item in enumerate(items) if item.memory_id in inserted]
         if keep:
-            await core.index.add([items[i] for i in keep], vectors[keep])
+            await services.index.add([items[i] for i in keep], vectors[keep])
         return len(inserted)
 
     stored = 0
@@ -107,7 +103,7 @@ async def ingest_history(
     try:
         while chunk := list(itertools.islice(pending, batch_size)):
             docs, items = await prepare(chunk)
-            current = (docs, items, asyncio.create_task(core.index.embed_items(items)))
+            current = (docs, items, asyncio.create_task(services.index.embed_items(items)))
             if previous is not None:
                 stored += await store_and_report(previous)
             previous, current = current, None
@@ -122,14 +118,3 @@ async def ingest_history(
         await asyncio.gather(*leftover, return_exceptions=True)
     return stored
 
-
-async def _insert_new(core: Core, docs: list[dict[str, Any]]) -> set[str]:
-    """insert_many, unordered; duplicates (already-stored event keys) are left out."""
-    if not docs:
-        return set()
-    try:
-        await core.store.messages.insert_many(docs, ordered=False)
-        return {doc["_id"] for doc in docs}
-    except BulkWriteError as exc:
-        failed = {docs[err["index"]]["_id"] for err in exc.details.get("writeErrors", [])}
-        return {doc["_id"] for doc in docs if doc["_id"] not in failed}

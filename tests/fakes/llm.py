@@ -126,6 +126,8 @@ class FakeLLM:
         self.hang = False  # accept the request and never answer (a hung provider)
         self.reject_key = False  # 401 invalid_api_key, as OpenAI answers a wrong key
         self.unknown_model = False  # 404 model_not_found
+        # A finite context window: a longer prompt is refused with 400 context_length_exceeded.
+        self.max_prompt_chars: int | None = None
         self.transcript = "this is a transcript"
         # Embedding requests answered before the rest are held (None: all answered): a bulk
         # import paused mid-way, at a batch boundary, until it is set back to None.
@@ -197,6 +199,12 @@ class FakeLLM:
             return web.json_response({"error": {"message": f"The model `{body.get('model')}` does not exist",
                                                 "type": "invalid_request_error", "code": "model_not_found"}},
                                      status=404)
+        prompt_chars = sum(len(str(m.get("content") or "")) for m in body.get("messages", []))
+        if self.max_prompt_chars is not None and prompt_chars > self.max_prompt_chars:
+            return web.json_response({"error": {
+                "message": f"This model's maximum context length is {self.max_prompt_chars} characters; "
+                           f"your messages resulted in {prompt_chars}.",
+                "type": "invalid_request_error", "code": "context_length_exceeded"}}, status=400)
         if fail:
             return web.json_response({"error": {"message": "upstream overloaded", "type": "server_error"}}, status=500)
         content = scripted if scripted is not None else self.responder(body.get("messages", []))
