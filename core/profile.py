@@ -62,11 +62,11 @@ async def forget_fact(core: Core, message: Message, fact_id: str) -> bool:
     if not is_fact_id(fact_id):
         return False
     mine = [f for f in await core.facts.of_user(message.user_key) if f["_id"] == fact_id]
-    return await core.facts.delete(mine) > 0
+    return await core.facts.forget(mine) > 0
 
 
 async def forget_all_facts(core: Core, user_key: str) -> int:
-    return await core.facts.delete(await core.facts.of_user(user_key))
+    return await core.facts.forget(await core.facts.of_user(user_key))
 
 
 async def exportable_facts(core: Core, user_key: str) -> list[dict[str, Any]]:

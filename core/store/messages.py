@@ -16,6 +16,11 @@ from pymongo.errors import DuplicateKeyError
 
 from core.kinds import NOT_MEMORY, QUESTION, REPLY, TOLD
 from core.models import Message, Scope, utcnow
+from core.store.dashboard import Dashboard
+from core.store.facts import FactDocs
+from core.store.migrations import MigrationDocs
+from core.store.settings import SettingsDocs
+from core.store.web import WebDocs
 
 # Processing states of a stored message (see core.pipeline).
 RECEIVED = "received"
@@ -81,6 +86,12 @@ class Store:
         self.audit = self.db["settings_audit"]
         self.workers = self.db["workers"]  # heartbeats: which workers are alive
         self.deletions = self.db["deletions"]  # forgets recorded before they are carried out
+        # Named queries of the other collections (core/store/*.py), on the same database.
+        self.facts = FactDocs(self.db)
+        self.settings = SettingsDocs(self.db)
+        self.migrations = MigrationDocs(self.db)
+        self.web = WebDocs(self.db)
+        self.dashboard = Dashboard(self.db, self.facts, self.settings, self.web)  # read-only, for adapters/web
 
     async def ensure_indexes(self) -> None:
         await self.messages.create_index([("key", ASCENDING)], unique=True, name="event_key_unique")
@@ -255,6 +266,16 @@ class Store:
         )
         return {doc["_id"]: doc async for doc in cursor}
 
+    async def messages_by_id_in_scope(self, ids: list[str], scope_key: str) -> dict[str, dict[str, Any]]:
+        """These messages, where they are in this scope (a fact's sources, a scope's reindex)."""
+        return {doc["_id"]: doc async for doc in self.messages.find({"_id": {"$in": ids}, "scope": scope_key})}
+
+    async def stored_in_conversation(self, conversation_key: str) -> list[dict[str, Any]]:
+        """Id, event key, scope and `remembered` of every message stored in a conversation
+        (an import resuming: one query on the conversation's index)."""
+        cursor = self.messages.find({"conversation_key": conversation_key}, {"_id": 1, "key": 1, "scope": 1, "remembered": 1})
+        return [doc async for doc in cursor]
+
     async def recent_turns(self, message: Message, limit: int) -> list[dict[str, Any]]:
         """The last `limit` turns of `message`'s conversation before it, oldest first: what
         people told and asked (commands left out) and Mnemo's public replies to them, each
@@ -329,18 +350,37 @@ class Store:
         await self.deletions.insert_one(deletion)
         return deletion
 
+    async def record_fact_deletion(self, facts: list[dict[str, Any]]) -> dict[str, Any]:
+        """`record_deletion` for facts: their ids per scope (Chroma's half, as for messages)
+        and in `facts` (MongoDB's half, in `delete_recorded`)."""
+        by_scope: dict[str, list[str]] = {}
+        for fact in facts:
+            by_scope.setdefault(fact["scope"], []).append(fact["_id"])
+        deletion = {
+            "_id": new_id("d"),
+            "scopes": [{"scope": scope, "ids": ids} for scope, ids in by_scope.items()],
+            "keys": [],
+            "facts": [fact["_id"] for fact in facts],
+            "replies_of": None,
+            "at": utcnow(),
+        }
+        await self.deletions.insert_one(deletion)
+        return deletion
+
     async def pending_deletions(self) -> list[dict[str, Any]]:
         return [doc async for doc in self.deletions.find({}).sort("at", ASCENDING)]
 
     async def delete_recorded(self, deletion: dict[str, Any]) -> None:
-        """The MongoDB half of a recorded deletion (after Chroma's): the messages, the replies
-        answering or quoting them, then the record itself. Safe to run twice."""
+        """The MongoDB half of a recorded deletion (after Chroma's): the messages or facts, the
+        replies answering or quoting them, then the record itself. Safe to run twice."""
         ids = [memory_id for part in deletion["scopes"] for memory_id in part["ids"]]
         derived: list[dict[str, Any]] = [{"message_key": {"$in": deletion["keys"]}}, {"footnotes.memory_id": {"$in": ids}}]
         if deletion.get("replies_of"):
             derived.append({"author_key": deletion["replies_of"]})
         await self.replies.delete_many({"$or": derived})
         await self.messages.delete_many({"_id": {"$in": ids}})
+        if deletion.get("facts"):
+            await self.facts.delete(deletion["facts"])
         await self.deletions.delete_one({"_id": deletion["_id"]})
 
     async def quarantine(self, platform: str, event_id: str, payload: str | None, error: str) -> None:
