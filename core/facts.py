@@ -111,6 +111,10 @@ class FactStore:
         """Facts about a person or learned from their messages (export, forget all)."""
         return await self.docs.of_author_or_about(user_key)
 
+    async def exportable_of(self, user_key: str, dm_scope: Scope) -> list[dict[str, Any]]:
+        """Facts for a person's /export (none from other people's DMs)."""
+        return await self.docs.exportable_of(user_key, dm_scope.key)
+
     async def source_messages(self, facts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """The source messages of `facts`, each restricted to its fact's own scope."""
         wanted: dict[str, set[str]] = {}

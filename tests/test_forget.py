@@ -1,9 +1,11 @@
-"""Forgetting during a memory-index (Chroma) outage: the person is told it isn't finished yet
-(never "done", never "not found"), the deletion is recorded before anything is deleted, and
-the next start-up finishes it. Real stores; Chroma's directory removed under the running core."""
+"""A person's own data: forgetting during a memory-index (Chroma) outage tells them it isn't
+finished yet (never "done", never "not found"), the deletion is recorded before anything is
+deleted and the next start-up finishes it; an export holds nothing from other people's DMs.
+Real stores; for the outage, Chroma's directory is removed under the running core."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -59,3 +61,24 @@ async def test_the_web_page_says_a_forget_is_unfinished_during_a_chroma_outage(
     restarted = await make_core()
     total, left = await restarted.store.dashboard.memories_of("web:sam", "", 1, 20)
     assert (total, left) == (0, [])
+
+
+async def test_an_export_leaves_out_what_others_told_mnemo_about_the_person_in_their_own_dm(
+    make_core: Any,
+) -> None:
+    core, platform = await core_with(make_core)
+    now = datetime.now(UTC)
+    await core.handle(msg("I moved to Leeds in March", mid="s1"))
+    said = await core.store.get_message("test:dm-u1:s1")
+    assert said is not None
+    mine = await core.facts.add(text="U1 lives in Leeds", about="U1", about_key="test:u1",
+                                scope="dm:test:u1", conversation_key="test:dm-u1", sources=[said["_id"]],
+                                valid_from=now)
+    secret = await core.facts.add(text="U1 is getting a surprise party", about="U1", about_key="test:u1",
+                                  scope="dm:test:u2", conversation_key="test:dm-u2", sources=[], valid_from=now)
+    await core.handle(msg("/export", mid="s2"))
+    export = platform.sent[-1][1].file
+    assert export is not None
+    facts = {fact["id"] for fact in json.loads(export.data)["facts"]}
+    assert mine["_id"] in facts and secret["_id"] not in facts
+    assert b"surprise party" not in export.data

@@ -84,6 +84,16 @@ class FactDocs:
         query: dict[str, Any] = {"$or": [{"about_key": user_key}, {"sources": {"$in": own}}]}
         return [doc async for doc in self._facts.find(query).sort("valid_from", ASCENDING)]
 
+    async def exportable_of(self, user_key: str, dm_scope_key: str) -> list[dict[str, Any]]:
+        """Facts a person's export holds, oldest first: those learned from what they said, and
+        those about them in their own DM and in the groups they speak in. A fact about them
+        that someone told Mnemo in that someone's DM stays in that DM."""
+        own = [d async for d in self._messages.find({"author_key": user_key}, {"_id": 1, "scope": 1})]
+        scopes = sorted({d["scope"] for d in own} | {dm_scope_key})
+        query: dict[str, Any] = {"$or": [{"sources": {"$in": [d["_id"] for d in own]}},
+                                         {"about_key": user_key, "scope": {"$in": scopes}}]}
+        return [doc async for doc in self._facts.find(query).sort("valid_from", ASCENDING)]
+
     async def with_sources_among(self, message_ids: list[str]) -> list[dict[str, Any]]:
         """Facts learned from any of these messages, in every scope: the messages are being
         forgotten (their own scopes were checked when the deletion was recorded)."""

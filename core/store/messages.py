@@ -6,7 +6,6 @@ the scope filter; the scope list comes from `core.privacy`, never from the calle
 
 from __future__ import annotations
 
-import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,7 +16,9 @@ from pymongo.errors import DuplicateKeyError
 from core.kinds import NOT_MEMORY, QUESTION, REPLY, TOLD
 from core.models import Message, Scope, utcnow
 from core.store.dashboard import Dashboard
+from core.store.deletions import DeletionRecords
 from core.store.facts import FactDocs
+from core.store.ids import new_id
 from core.store.migrations import MigrationDocs
 from core.store.settings import SettingsDocs
 from core.store.web import WebDocs
@@ -29,14 +30,6 @@ SENDING = "sending"  # the reply is going out: a crash here may have delivered i
 DONE = "done"
 FAILED = "failed"
 PENDING = [RECEIVED, PROCESSING, SENDING]
-
-_ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"
-
-
-def new_id(prefix: str = "m") -> str:
-    """Short ids people can type (`/forget m7kq2x9ab`)."""
-    return prefix + "".join(secrets.choice(_ID_ALPHABET) for _ in range(9))
-
 
 def message_doc(message: Message, *, remember: bool, kind: str = TOLD) -> dict[str, Any]:
     return {
@@ -75,7 +68,7 @@ def message_doc(message: Message, *, remember: bool, kind: str = TOLD) -> dict[s
     }
 
 
-class Store:
+class Store(DeletionRecords):
     def __init__(self, client: AsyncMongoClient[dict[str, Any]], db_name: str = "mnemo") -> None:
         self.client = client
         self.db: AsyncDatabase[dict[str, Any]] = client[db_name]
@@ -326,62 +319,6 @@ class Store:
             {"conversation_key": conversation_key, "sent_ids": platform_message_id}, {"_id": 1}
         )
         return found is not None
-
-    # -- deletions ----------------------------------------------------------------------
-
-    async def record_deletion(self, query: dict[str, Any], replies_of: str | None = None) -> dict[str, Any] | None:
-        """Record, durably and before anything is deleted, which messages a forget (or the
-        retention sweep) removes: their ids per scope and event keys. A crash mid-way leaves
-        this record, and `finish_deletion` (run again at start-up) completes it. None when
-        nothing matches and nothing else is to be deleted."""
-        docs = [doc async for doc in self.messages.find(query, {"_id": 1, "scope": 1, "key": 1})]
-        if not docs and replies_of is None:
-            return None
-        by_scope: dict[str, list[str]] = {}
-        for doc in docs:
-            by_scope.setdefault(doc["scope"], []).append(doc["_id"])
-        deletion = {
-            "_id": new_id("d"),
-            "scopes": [{"scope": scope, "ids": ids} for scope, ids in by_scope.items()],
-            "keys": [doc["key"] for doc in docs],
-            "replies_of": replies_of,
-            "at": utcnow(),
-        }
-        await self.deletions.insert_one(deletion)
-        return deletion
-
-    async def record_fact_deletion(self, facts: list[dict[str, Any]]) -> dict[str, Any]:
-        """`record_deletion` for facts: their ids per scope (Chroma's half, as for messages)
-        and in `facts` (MongoDB's half, in `delete_recorded`)."""
-        by_scope: dict[str, list[str]] = {}
-        for fact in facts:
-            by_scope.setdefault(fact["scope"], []).append(fact["_id"])
-        deletion = {
-            "_id": new_id("d"),
-            "scopes": [{"scope": scope, "ids": ids} for scope, ids in by_scope.items()],
-            "keys": [],
-            "facts": [fact["_id"] for fact in facts],
-            "replies_of": None,
-            "at": utcnow(),
-        }
-        await self.deletions.insert_one(deletion)
-        return deletion
-
-    async def pending_deletions(self) -> list[dict[str, Any]]:
-        return [doc async for doc in self.deletions.find({}).sort("at", ASCENDING)]
-
-    async def delete_recorded(self, deletion: dict[str, Any]) -> None:
-        """The MongoDB half of a recorded deletion (after Chroma's): the messages or facts, the
-        replies answering or quoting them, then the record itself. Safe to run twice."""
-        ids = [memory_id for part in deletion["scopes"] for memory_id in part["ids"]]
-        derived: list[dict[str, Any]] = [{"message_key": {"$in": deletion["keys"]}}, {"footnotes.memory_id": {"$in": ids}}]
-        if deletion.get("replies_of"):
-            derived.append({"author_key": deletion["replies_of"]})
-        await self.replies.delete_many({"$or": derived})
-        await self.messages.delete_many({"_id": {"$in": ids}})
-        if deletion.get("facts"):
-            await self.facts.delete(deletion["facts"])
-        await self.deletions.delete_one({"_id": deletion["_id"]})
 
     async def quarantine(self, platform: str, event_id: str, payload: str | None, error: str) -> None:
         # Capped: the event may be what was too large to store in the first place.
