@@ -343,7 +343,7 @@ async def ask_turn_groups(core: Any, loaded: Loaded, question: str, k: int) -> l
         if source.memory_id in loaded.turn_of:
             groups.append({loaded.turn_of[source.memory_id]})
             continue
-        fact = await core.facts.facts.find_one({"_id": source.memory_id}, {"sources": 1})
+        fact = (await core.facts.by_ids([source.memory_id], [message.scope])).get(source.memory_id)
         groups.append({loaded.turn_of[s] for s in (fact or {}).get("sources", []) if s in loaded.turn_of})
     return groups
 

@@ -33,6 +33,7 @@ async def _configuration(settings: Settings) -> Check:
 
 async def _stores(settings: Settings) -> Check:
     from bot.stores import open_stores
+    from core.store.client import ping
 
     mongo = "MongoDB at MONGODB_URI" if settings.mongodb_uri else "embedded MongoDB"
     chroma = "Chroma at CHROMA_URL" if settings.chroma_url else "embedded Chroma"
@@ -41,7 +42,7 @@ async def _stores(settings: Settings) -> Check:
     except ConfigError as exc:
         return FAIL, "stores", str(exc)
     try:
-        await stores.mongo.admin.command("ping")
+        await ping(stores.mongo)
         collections = await asyncio.to_thread(stores.chroma.list_collections)
     finally:
         await stores.close()

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from core.engine import Core
-from core.mongo_commands import COMMANDS
+from core.store.monitoring import COMMANDS
 
 log = logging.getLogger(__name__)
 

@@ -153,26 +153,25 @@ async def _resume(core: Any, conversations: set[str], outcome: Outcome) -> set[s
     stored: set[str] = set()
     remembered: dict[str, list[str]] = {}  # scope -> ids
     for conversation in conversations:
-        found = core.store.messages.find({"conversation_key": conversation},
-                                         {"_id": 1, "key": 1, "scope": 1, "remembered": 1})
-        async for doc in found:
+        for doc in await core.store.stored_in_conversation(conversation):
             stored.add(doc["key"])
             if doc.get("remembered"):
                 remembered.setdefault(doc["scope"], []).append(doc["_id"])
-    unindexed: list[str] = []
+    unindexed: dict[str, list[str]] = {}  # scope -> ids
     for scope_key, ids in remembered.items():
         for start in range(0, len(ids), 5000):
             part = ids[start:start + 5000]
             indexed = set(await core.index.get_ids(Scope.parse(scope_key), part))
-            unindexed += [memory_id for memory_id in part if memory_id not in indexed]
-    for start in range(0, len(unindexed), 256):
-        docs = [doc async for doc in core.store.messages.find({"_id": {"$in": unindexed[start:start + 256]}})]
-        items = []
-        for doc in docs:
-            media = [MediaText(doc["media_kind"], doc["media_text"])] if doc.get("media_kind") else []
-            items.append(core._memory_item(doc, memory_text(doc["text"], media), media))
-        await core.index.add(items)
-    outcome.reindexed = len(unindexed)
+            unindexed.setdefault(scope_key, []).extend(memory_id for memory_id in part if memory_id not in indexed)
+    for scope_key, ids in unindexed.items():
+        for start in range(0, len(ids), 256):
+            docs = await core.store.messages_by_id_in_scope(ids[start:start + 256], scope_key)
+            items = []
+            for doc in docs.values():
+                media = [MediaText(doc["media_kind"], doc["media_text"])] if doc.get("media_kind") else []
+                items.append(core._memory_item(doc, memory_text(doc["text"], media), media))
+            await core.index.add(items)
+    outcome.reindexed = sum(len(ids) for ids in unindexed.values())
     return stored
 
 

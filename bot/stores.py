@@ -12,10 +12,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlparse
 
-from pymongo import AsyncMongoClient
-
 from bot.config import ConfigError, Settings
-from core.mongo_commands import COMMANDS
+from core.store.client import MongoClient, open_client, ping
 
 log = logging.getLogger(__name__)
 EMBEDDED_USER = "mnemo"
@@ -23,7 +21,7 @@ EMBEDDED_USER = "mnemo"
 
 @dataclass
 class Stores:
-    mongo: AsyncMongoClient[dict[str, Any]]
+    mongo: MongoClient
     chroma: Any
     embedded_server: Any = None
     data_dir_lock: DataDirLock | None = None
@@ -206,11 +204,9 @@ async def _open(settings: Settings, uri: str | None) -> Stores:
     if uri is None:
         server = await asyncio.to_thread(start_embedded_mongo, settings.data_dir)
         uri = server.login_uri
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        uri, serverSelectionTimeoutMS=10_000, tz_aware=True, event_listeners=[COMMANDS], **durable_writes(uri)
-    )
+    client = open_client(uri, serverSelectionTimeoutMS=10_000, **durable_writes(uri))
     try:
-        await client.admin.command("ping")
+        await ping(client)
     except Exception as exc:  # noqa: BLE001 - any failure becomes the one-line ConfigError below
         await client.close()
         if server is not None:

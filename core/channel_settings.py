@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from core.models import utcnow
 from core.store import Store
 
 PERSONA_MAX_CHARS = 500
@@ -87,11 +86,10 @@ def describe(settings: ChannelSettings) -> str:
 
 class SettingsRepo:
     def __init__(self, store: Store) -> None:
-        self.store = store
+        self.docs = store.settings
 
     async def get(self, conversation_key: str) -> ChannelSettings:
-        doc = await self.store.conversations.find_one({"_id": conversation_key}, {"settings": 1})
-        stored = (doc or {}).get("settings") or {}
+        stored = await self.docs.stored_settings(conversation_key)
         known = {k: str(v) for k, v in stored.items() if k in KEYS}
         return ChannelSettings(**known)
 
@@ -100,33 +98,15 @@ class SettingsRepo:
         new = normalize(key, value)
         key = key.strip().lower()
         old = getattr(await self.get(conversation_key), key)
-        now = utcnow()
-        await self.store.conversations.update_one(
-            {"_id": conversation_key},
-            {"$set": {f"settings.{key}": new, "updated_at": now}, "$setOnInsert": {"created_at": now}},
-            upsert=True,
-        )
-        await self.store.audit.insert_one(
-            {"conversation_key": conversation_key, "who": who, "at": now, "key": key, "old": old, "new": new}
-        )
+        await self.docs.save(conversation_key, key, old, new, who)
         return old, new
 
     async def all_with_retention(self) -> list[tuple[str, int]]:
-        cursor = self.store.conversations.find(
-            {"settings.retention_days": {"$exists": True, "$ne": "forever"}}, {"settings.retention_days": 1}
-        )
-        out = []
-        async for doc in cursor:
-            out.append((doc["_id"], int(doc["settings"]["retention_days"])))
-        return out
+        return [(key, int(days)) for key, days in await self.docs.retention_days()]
 
     async def move(self, old_key: str, new_key: str) -> None:
         """Carry settings over when a conversation changes identity (Telegram group -> supergroup)."""
-        doc = await self.store.conversations.find_one({"_id": old_key})
-        if doc is None:
-            return
-        doc.pop("_id")
-        await self.store.conversations.update_one({"_id": new_key}, {"$set": doc}, upsert=True)
+        await self.docs.copy_conversation(old_key, new_key)
 
 
 def as_dict(settings: ChannelSettings) -> dict[str, Any]:

@@ -23,18 +23,13 @@ class MemoryUnavailable(Exception):
     """The memory index (Chroma) could not be read or written: an outage, not "nothing there"."""
 
 
-# MongoDB server codes that mean "try again" (shutdown, failover, time limits).
-_TRANSIENT_CODES = frozenset({6, 7, 50, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
-
 
 def is_transient(exc: BaseException) -> bool:
     """Whether retrying the same work later may succeed (the store unreachable, a failover, a
     timeout), as opposed to a definite failure (a document that can never be stored): only
     transient errors are retried; the rest are reported or quarantined."""
-    from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
+    from core.store.errors import is_transient_store_error
 
-    if isinstance(exc, (ConnectionFailure, MemoryUnavailable, TimeoutError, ConnectionError)):
+    if isinstance(exc, (MemoryUnavailable, TimeoutError, ConnectionError)):
         return True
-    if isinstance(exc, OperationFailure) and exc.code in _TRANSIENT_CODES:
-        return True
-    return isinstance(exc, PyMongoError) and exc.has_error_label("RetryableWriteError")
+    return is_transient_store_error(exc)

@@ -9,19 +9,13 @@ source messages. An update keeps the earlier fact (status `superseded`, `valid_u
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
-
-from pymongo import ASCENDING, DESCENDING
-from pymongo.errors import DuplicateKeyError
 
 from core.memory.index import MemoryIndex, MemoryItem
 from core.models import Scope, utcnow
 from core.store import Store, new_id
-
-CURRENT = "current"
-SUPERSEDED = "superseded"
-RETIRED = "retired"
+from core.store.facts import CURRENT
 
 # Questions about how things were: only these see superseded facts (after the current one).
 _PAST = re.compile(
@@ -48,35 +42,28 @@ def facts_timeline(conversation_key: str) -> str:
     return f"{conversation_key}#facts"
 
 
+def _keys(scopes: list[Scope]) -> list[str]:
+    return [s.key for s in scopes]
+
+
 class FactStore:
+    """Facts in MongoDB (through `store.facts`) and in their scope's Chroma collection."""
+
     def __init__(self, store: Store, index: MemoryIndex) -> None:
         self.store = store
+        self.docs = store.facts
         self.index = index
-        self.facts = store.db["facts"]
-        self.markers = store.db["learning"]  # per conversation: what has been learned from
 
     async def ensure_indexes(self) -> None:
-        await self.facts.create_index([("scope", ASCENDING), ("status", ASCENDING)], name="fact_scope_status")
-        await self.facts.create_index([("about_key", ASCENDING), ("status", ASCENDING)], name="fact_about")
-        await self.facts.create_index([("sources", ASCENDING)], name="fact_sources")
-        # Learning reads a conversation's messages after its marker, in storing order.
-        await self.store.messages.create_index(
-            [("conversation_key", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)], name="conv_created"
-        )
+        await self.docs.ensure_indexes()
 
     # -- reads --------------------------------------------------------------------------
 
     async def current_in_scope(self, scope: str, limit: int = 300) -> list[dict[str, Any]]:
-        cursor = self.facts.find({"scope": scope, "status": CURRENT}).sort("valid_from", DESCENDING).limit(limit)
-        docs = [doc async for doc in cursor]
-        docs.reverse()
-        return docs
+        return await self.docs.current_in_scope(scope, limit)
 
     async def by_ids(self, ids: list[str], scopes: list[Scope]) -> dict[str, dict[str, Any]]:
-        if not ids or not scopes:
-            return {}
-        cursor = self.facts.find({"_id": {"$in": ids}, "scope": {"$in": [s.key for s in scopes]}})
-        return {doc["_id"]: doc async for doc in cursor}
+        return await self.docs.by_ids(ids, _keys(scopes))
 
     async def current_of(self, fact: dict[str, Any], scopes: list[Scope]) -> dict[str, Any] | None:
         """The current fact a superseded one led to (None for a retired one)."""
@@ -96,8 +83,7 @@ class FactStore:
         out: list[dict[str, Any]] = []
         wanted = [fact["_id"]]
         for _ in range(depth):
-            cursor = self.facts.find({"superseded_by": {"$in": wanted}, "scope": {"$in": [s.key for s in scopes]}})
-            found = [doc async for doc in cursor]
+            found = await self.docs.superseded_by_any(wanted, _keys(scopes))
             if not found:
                 break
             found.sort(key=lambda d: -_epoch(d["valid_from"]))
@@ -108,11 +94,8 @@ class FactStore:
     async def learned_from(self, message_ids: list[str], scopes: list[Scope]) -> dict[str, list[dict[str, Any]]]:
         """The facts learned from each of these messages."""
         out: dict[str, list[dict[str, Any]]] = {}
-        if not message_ids or not scopes:
-            return out
         wanted = set(message_ids)
-        query = {"sources": {"$in": message_ids}, "scope": {"$in": [s.key for s in scopes]}}
-        async for fact in self.facts.find(query):
+        for fact in await self.docs.learned_from(message_ids, _keys(scopes)):
             for source in fact["sources"]:
                 if source in wanted:
                     out.setdefault(source, []).append(fact)
@@ -120,16 +103,17 @@ class FactStore:
 
     async def about(self, user_key: str, scopes: list[Scope]) -> list[dict[str, Any]]:
         """Facts about a person in the given scopes: current first, then history, newest first."""
-        cursor = self.facts.find({"about_key": user_key, "scope": {"$in": [s.key for s in scopes]}})
-        docs = [doc async for doc in cursor]
+        docs = await self.docs.about(user_key, _keys(scopes))
         docs.sort(key=lambda d: (d["status"] != CURRENT, -_epoch(d["valid_from"])))
         return docs
 
     async def of_user(self, user_key: str) -> list[dict[str, Any]]:
         """Facts about a person or learned from their messages (export, forget all)."""
-        own = [d["_id"] async for d in self.store.messages.find({"author_key": user_key}, {"_id": 1})]
-        query: dict[str, Any] = {"$or": [{"about_key": user_key}, {"sources": {"$in": own}}]}
-        return [doc async for doc in self.facts.find(query).sort("valid_from", ASCENDING)]
+        return await self.docs.of_author_or_about(user_key)
+
+    async def exportable_of(self, user_key: str, dm_scope: Scope) -> list[dict[str, Any]]:
+        """Facts for a person's /export (none from other people's DMs)."""
+        return await self.docs.exportable_of(user_key, dm_scope.key)
 
     async def source_messages(self, facts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """The source messages of `facts`, each restricted to its fact's own scope."""
@@ -138,8 +122,7 @@ class FactStore:
             wanted.setdefault(fact["scope"], set()).update(fact["sources"])
         found: dict[str, dict[str, Any]] = {}
         for scope, ids in wanted.items():
-            async for doc in self.store.messages.find({"_id": {"$in": sorted(ids)}, "scope": scope}):
-                found[doc["_id"]] = doc
+            found.update(await self.store.messages_by_id_in_scope(sorted(ids), scope))
         return found
 
     # -- writes -------------------------------------------------------------------------
@@ -162,36 +145,27 @@ class FactStore:
             "status": CURRENT,
             "created_at": utcnow(),
         }
-        await self.facts.insert_one(doc)
+        await self.docs.insert(doc)
         await self.index.add([self._item(doc)])
         return doc
 
     async def supersede(self, old: dict[str, Any], new: dict[str, Any]) -> None:
-        await self.facts.update_one(
-            {"_id": old["_id"], "status": CURRENT},
-            {"$set": {"status": SUPERSEDED, "valid_until": new["valid_from"], "superseded_by": new["_id"]}},
-        )
+        await self.docs.supersede(old["_id"], new["_id"], new["valid_from"])
 
     async def retire(self, fact: dict[str, Any], when: datetime) -> None:
-        await self.facts.update_one(
-            {"_id": fact["_id"], "status": CURRENT}, {"$set": {"status": RETIRED, "valid_until": when}}
-        )
+        await self.docs.retire(fact["_id"], when)
 
-    async def delete(self, facts: list[dict[str, Any]]) -> int:
-        """Forget facts entirely (MongoDB and Chroma), and the replies that cited them."""
+    async def forget(self, facts: list[dict[str, Any]]) -> int:
+        """Forget facts entirely, and the replies that cited them: recorded first (a crash or a
+        Chroma outage leaves the record, finished at start-up like a forget of messages), then
+        Chroma, then MongoDB. A Chroma error is raised (MemoryUnavailable)."""
         if not facts:
             return 0
-        by_scope: dict[str, list[str]] = {}
-        for fact in facts:
-            by_scope.setdefault(fact["scope"], []).append(fact["_id"])
-        for scope, ids in by_scope.items():
-            await self.index.delete(Scope.parse(scope), ids)
-        ids = [f["_id"] for f in facts]
-        await self.store.replies.delete_many({"footnotes.memory_id": {"$in": ids}})
-        await self.facts.delete_many({"_id": {"$in": ids}})
-        # History pointing at a forgotten fact no longer points anywhere.
-        await self.facts.update_many({"superseded_by": {"$in": ids}}, {"$set": {"superseded_by": None}})
-        return len(ids)
+        deletion = await self.store.record_fact_deletion(facts)
+        for part in deletion["scopes"]:
+            await self.index.delete(Scope.parse(part["scope"]), part["ids"])
+        await self.store.delete_recorded(deletion)
+        return len(deletion["facts"])
 
     async def forget_sources(self, message_ids: list[str]) -> int:
         """Messages are being forgotten: facts whose only sources they were go with them; other
@@ -200,22 +174,19 @@ class FactStore:
             return 0
         gone = set(message_ids)
         orphaned = []
-        async for fact in self.facts.find({"sources": {"$in": message_ids}}):
+        for fact in await self.docs.with_sources_among(message_ids):
             if set(fact["sources"]) <= gone:
                 orphaned.append(fact)
             else:
-                left = [s for s in fact["sources"] if s not in gone]
-                await self.facts.update_one({"_id": fact["_id"]}, {"$set": {"sources": left}})
-        return await self.delete(orphaned)
+                await self.docs.set_sources(fact["_id"], [s for s in fact["sources"] if s not in gone])
+        return await self.forget(orphaned)
 
     async def move_scope(self, old_scope: str, new_scope: str, new_conversation_key: str) -> None:
         """A conversation changed id (Telegram group -> supergroup): its facts follow."""
-        docs = [doc async for doc in self.facts.find({"scope": old_scope})]
+        docs = await self.docs.in_scope(old_scope)
         if not docs:
             return
-        await self.facts.update_many(
-            {"scope": old_scope}, {"$set": {"scope": new_scope, "conversation_key": new_conversation_key}}
-        )
+        await self.docs.move_scope(old_scope, new_scope, new_conversation_key)
         for doc in docs:
             doc.update(scope=new_scope, conversation_key=new_conversation_key)
         await self.index.add([self._item(doc) for doc in docs])
@@ -237,33 +208,17 @@ class FactStore:
     # -- learning markers ---------------------------------------------------------------
 
     async def marker(self, conversation_key: str) -> dict[str, Any] | None:
-        return await self.markers.find_one({"_id": conversation_key})
+        return await self.docs.marker(conversation_key)
 
     async def lease_learning(self, conversation_key: str, owner: str, seconds: float) -> bool:
         """Hold the conversation's learning for one pass; False while another worker holds it."""
-        now = utcnow()
-        try:
-            await self.markers.update_one(
-                {"_id": conversation_key, "$or": [{"lease_until": None}, {"lease_until": {"$lt": now}},
-                                                  {"lease_owner": owner}]},
-                {"$set": {"lease_owner": owner, "lease_until": now + timedelta(seconds=seconds)}},
-                upsert=True,
-            )
-        except DuplicateKeyError:
-            return False  # the document exists with another worker's live lease
-        return True
+        return await self.docs.lease_learning(conversation_key, owner, seconds)
 
     async def release_learning(self, conversation_key: str, owner: str) -> None:
-        await self.markers.update_one(
-            {"_id": conversation_key, "lease_owner": owner}, {"$set": {"lease_until": None, "lease_owner": None}}
-        )
+        await self.docs.release_learning(conversation_key, owner)
 
     async def set_marker(self, conversation_key: str, last: dict[str, Any]) -> None:
-        await self.markers.update_one(
-            {"_id": conversation_key},
-            {"$set": {"created_at": last["created_at"], "message_id": last["_id"], "updated_at": utcnow()}},
-            upsert=True,
-        )
+        await self.docs.set_marker(conversation_key, last)
 
 
 def _epoch(moment: datetime | float) -> float:

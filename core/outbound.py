@@ -278,9 +278,9 @@ async def retried_here() -> AsyncIterator[None]:
     except Fenced:
         raise
     except Exception as exc:
-        from pymongo.errors import PyMongoError
+        from core.store.errors import is_store_error
 
-        if not isinstance(exc, PyMongoError):
+        if not is_store_error(exc):
             mark_retried(exc)
         raise
 

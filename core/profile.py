@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.answer import to_datetime
 from core.facts import CURRENT, is_fact_id
-from core.models import Message, Reply
+from core.models import Message, Reply, Scope
 from core.privacy import readable_scopes
 from core.render import shorten
 
@@ -62,15 +62,16 @@ async def forget_fact(core: Core, message: Message, fact_id: str) -> bool:
     if not is_fact_id(fact_id):
         return False
     mine = [f for f in await core.facts.of_user(message.user_key) if f["_id"] == fact_id]
-    return await core.facts.delete(mine) > 0
+    return await core.facts.forget(mine) > 0
 
 
 async def forget_all_facts(core: Core, user_key: str) -> int:
-    return await core.facts.delete(await core.facts.of_user(user_key))
+    return await core.facts.forget(await core.facts.of_user(user_key))
 
 
 async def exportable_facts(core: Core, user_key: str) -> list[dict[str, Any]]:
-    facts = await core.facts.of_user(user_key)
+    platform, _, author_id = user_key.partition(":")
+    facts = await core.facts.exportable_of(user_key, Scope("dm", platform, author_id))
     said = await core.facts.source_messages(facts)
     out = []
     for fact in facts:

@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from pymongo import ReturnDocument
-
 from core.models import Message, Reply, Scope, utcnow
 from core.platform import Platform
 
@@ -61,20 +59,14 @@ class WebSession:
         return Scope("dm", self.platform, self.author_id)
 
 
-def _collections(core: Core) -> tuple[Any, Any, Any]:
-    db = core.store.db
-    return db["web_links"], db["web_sessions"], db["web_admins"]
-
-
 async def create_link(
     core: Core, platform: str, author_id: str, name: str, *, operator: bool = False,
     admin_of: list[str] | None = None, dm_conversation: str | None = None, base_url: str | None = None,
 ) -> str:
     """A one-time login URL for this person (stored hashed)."""
-    links, _, _ = _collections(core)
     token = secrets.token_urlsafe(32)
     now = utcnow()
-    await links.insert_one({
+    await core.store.web.insert_link({
         "_id": token_hash(token), "platform": platform, "author_id": author_id, "name": name,
         "operator": operator, "admin_of": sorted(set(admin_of or [])), "dm_conversation": dm_conversation,
         "created_at": now,
@@ -87,15 +79,10 @@ async def create_link(
 async def redeem_link(core: Core, token: str) -> tuple[str, WebSession] | None:
     """Use a link: returns (session cookie value, session), or None when the link is unknown,
     expired or already used. One atomic update, so two workers never both accept it."""
-    links, sessions, _ = _collections(core)
-    now = utcnow()
-    link = await links.find_one_and_update(
-        {"_id": token_hash(token), "used_at": None, "expires_at": {"$gt": now}},
-        {"$set": {"used_at": now}},
-        return_document=ReturnDocument.AFTER,
-    )
+    link = await core.store.web.redeem_link(token_hash(token))
     if link is None:
         return None
+    now = utcnow()
     cookie = secrets.token_urlsafe(32)
     doc = {
         "_id": token_hash(cookie), "platform": link["platform"], "author_id": link["author_id"],
@@ -103,21 +90,19 @@ async def redeem_link(core: Core, token: str) -> tuple[str, WebSession] | None:
         "dm_conversation": link.get("dm_conversation"),
         "csrf": secrets.token_urlsafe(24), "created_at": now, "expires_at": now + SESSION_TTL,
     }
-    await sessions.insert_one(doc)
+    await core.store.web.insert_session(doc)
     return cookie, _session(doc)
 
 
 async def find_session(core: Core, cookie: str | None) -> WebSession | None:
     if not cookie:
         return None
-    _, sessions, _ = _collections(core)
-    doc = await sessions.find_one({"_id": token_hash(cookie), "expires_at": {"$gt": utcnow()}})
+    doc = await core.store.web.live_session(token_hash(cookie))
     return _session(doc) if doc else None
 
 
 async def end_session(core: Core, session: WebSession) -> None:
-    _, sessions, _ = _collections(core)
-    await sessions.delete_one({"_id": session.id_hash})
+    await core.store.web.end_session(session.id_hash)
 
 
 def _session(doc: dict[str, Any]) -> WebSession:
@@ -131,23 +116,13 @@ def _session(doc: dict[str, Any]) -> WebSession:
 async def admin_channels(core: Core, message: Message, platform: Platform) -> list[str]:
     """Record whether the author administers this group (asked of the platform now), and
     return every channel they were last seen administering: the link's admin rights."""
-    _, _, admins = _collections(core)
+    web = core.store.web
     if not message.is_dm:
-        record = {"_id": f"{message.user_key}|{message.conversation_key}"}
         if await platform.is_admin(message):
-            await admins.update_one(record, {"$set": {
-                "user_key": message.user_key, "conversation_key": message.conversation_key,
-                "title": message.conversation_title, "recorded_at": utcnow()}}, upsert=True)
+            await web.record_admin(message.user_key, message.conversation_key, message.conversation_title)
         else:
-            await admins.delete_one(record)
-    recent = {"user_key": message.user_key, "recorded_at": {"$gt": utcnow() - ADMIN_RECORD_TTL}}
-    return [doc["conversation_key"] async for doc in admins.find(recent)]
-
-
-async def channel_titles(core: Core, conversation_keys: list[str]) -> dict[str, str]:
-    _, _, admins = _collections(core)
-    cursor = admins.find({"conversation_key": {"$in": conversation_keys}}, {"conversation_key": 1, "title": 1})
-    return {doc["conversation_key"]: doc["title"] async for doc in cursor if doc.get("title")}
+            await web.drop_admin(message.user_key, message.conversation_key)
+    return await web.administered_since(message.user_key, utcnow() - ADMIN_RECORD_TTL)
 
 
 async def dashboard_reply(core: Core, message: Message, platform: Platform) -> Reply:
@@ -165,3 +140,7 @@ async def dashboard_reply(core: Core, message: Message, platform: Platform) -> R
         "don't share it.",
         private=True,
     )
+
+
+async def ensure_indexes(core: Core) -> None:
+    await core.store.web.ensure_indexes()

@@ -19,7 +19,7 @@ from adapters.web.auth import guard_get, guard_post, login_route, logout_handler
 from adapters.web.html import error_page, page, secure
 from core.engine import Core
 from core.models import Message, PlatformLimits, Reply
-from core.web_links import WebSession
+from core.web_links import WebSession, ensure_indexes
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +67,7 @@ class WebAdapter:
         await self.close()
 
     async def ensure_indexes(self) -> None:
-        db = self.core.store.db
-        for name in ("web_links", "web_sessions"):
-            try:  # expired links and sessions are refused by query; the TTL index only tidies up
-                await db[name].create_index("expires_at", expireAfterSeconds=0, name="expires")
-            except Exception as exc:  # noqa: BLE001 - a store without TTL indexes still works
-                log.info("no TTL index on %s: %s", name, type(exc).__name__)
-        await db["web_admins"].create_index("user_key", name="admin_user")
+        await ensure_indexes(self.core)
 
     # -- HTTP ---------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from aiohttp import web
 from adapters.web.auth import may_administer
 from adapters.web.html import csrf_field, e, notice, page, when
 from core.channel_settings import CHOICES, KEYS, SettingError, normalize, valid_values
-from core.web_links import WebSession, channel_titles
+from core.web_links import WebSession
 
 if TYPE_CHECKING:
     from core.engine import Core
@@ -45,9 +45,7 @@ async def channels_of(core: Core, session: WebSession) -> list[str]:
         keys.add(session.dm_conversation)
     if session.operator:
         keys.add(f"web:dm-{session.author_id}")
-        keys.update(await core.store.messages.distinct("conversation_key", {"platform": "web"}))
-        async for doc in core.store.conversations.find({"_id": {"$regex": "^web:"}}, {"_id": 1}):
-            keys.add(doc["_id"])
+        keys.update(await core.store.dashboard.web_conversations())
     return sorted(keys)
 
 
@@ -55,7 +53,7 @@ async def admin_page(core: Core, session: WebSession, errors: RecentErrors, mess
                      error: bool = False, rejected: Any = None) -> web.Response:
     """`rejected`: a form that failed validation, shown again as typed so it can be corrected."""
     channels = await channels_of(core, session)
-    titles = await channel_titles(core, channels)
+    titles = await core.store.dashboard.channel_titles(channels)
     if session.dm_conversation:
         titles[session.dm_conversation] = "Your DM with Mnemo"
     typed = rejected if rejected is not None else {}
@@ -102,11 +100,10 @@ async def _channel_form(core: Core, session: WebSession, key: str, title: str | 
 
 
 async def _audit(core: Core, channels: list[str]) -> str:
-    cursor = core.store.audit.find({"conversation_key": {"$in": channels}}).sort("at", -1).limit(AUDIT_ROWS)
     rows = [
         f"<tr><td>{when(doc['at'])}</td><td>{e(doc['conversation_key'])}</td><td>{e(doc['who'])}</td>"
         f"<td>{e(doc['key'])}</td><td>{e(doc['old'] or '(none)')} -&gt; {e(doc['new'] or '(none)')}</td></tr>"
-        async for doc in cursor
+        for doc in await core.store.dashboard.setting_changes(channels, AUDIT_ROWS)
     ]
     if not rows:
         return "<p>No changes yet.</p>"
@@ -145,7 +142,7 @@ async def save_settings(core: Core, session: WebSession, form: Any) -> tuple[int
 async def _health(core: Core, errors: RecentErrors) -> str:
     checks = {"MongoDB": "ok", "Chroma": "ok"}
     try:
-        await asyncio.wait_for(core.store.ping(), 5)
+        await asyncio.wait_for(core.store.dashboard.ping(), 5)
     except Exception as exc:  # noqa: BLE001 - reported on the page
         checks["MongoDB"] = f"error: {type(exc).__name__}"
     try:

@@ -33,15 +33,11 @@ def source_href(memory_id: str) -> str:
 async def chat_page(core: Core, session: WebSession, error: str | None = None, draft: str = "",
                     refresh_to: str | None = None) -> web.Response:
     key = f"web:{conversation_id(session)}"
-    cursor = core.store.messages.find({"conversation_key": key, "scope": session.dm_scope.key}).sort("ts", -1)
-    messages = [doc async for doc in cursor.limit(HISTORY)]
-    messages.reverse()
-    replies: dict[str, list[dict[str, Any]]] = {}
-    keys = [m["key"] for m in messages]
-    async for reply in core.store.replies.find({"message_key": {"$in": keys}}).sort("ts", 1):
-        replies.setdefault(reply["message_key"], []).append(reply)
+    dashboard = core.store.dashboard
+    messages, replies = await dashboard.chat_history(key, session.dm_scope.key, HISTORY)
     cited = {f["memory_id"] for rs in replies.values() for r in rs for f in r.get("footnotes") or []}
-    originals = {d["_id"]: d async for d in core.store.messages.find({"_id": {"$in": sorted(cited)}}, {"link": 1, "ts": 1})}
+    # A DM's answers cite only that DM (core.privacy), so only its scope is looked in.
+    originals = await dashboard.cited_in(sorted(cited), [session.dm_scope.key])
     items = []
     for doc in messages:
         items.append(
@@ -105,21 +101,17 @@ async def send_message(core: Core, session: WebSession, text: str) -> str | None
 
 async def message_page(core: Core, session: WebSession, memory_id: str) -> web.Response:
     """The cited message among its neighbours, if this session may read its scope."""
-    readable = await readable_scope_keys(core, session)
+    dashboard = core.store.dashboard
+    readable = sorted(await readable_scope_keys(core, session))
     fact = None
     if memory_id.startswith("F"):
-        fact = await core.store.db["facts"].find_one({"_id": memory_id, "scope": {"$in": sorted(readable)}})
+        fact = await dashboard.fact_in_scopes(memory_id, readable)
         if fact and fact.get("sources"):
             memory_id = fact["sources"][0]
-    doc = await core.store.messages.find_one({"_id": memory_id, "scope": {"$in": sorted(readable)}})
+    doc = await dashboard.message_in_scopes(memory_id, readable)
     if doc is None:
         return error_page(404, "Not found", "There is no such message, or it isn't yours to see.", session)
-    scope = {"conversation_key": doc["conversation_key"], "scope": doc["scope"]}
-    before = core.store.messages.find({**scope, "ts": {"$lt": doc["ts"]}}).sort("ts", -1).limit(CONTEXT)
-    after = core.store.messages.find({**scope, "ts": {"$gt": doc["ts"]}}).sort("ts", 1).limit(CONTEXT)
-    earlier = [d async for d in before]
-    earlier.reverse()
-    later = [d async for d in after]
+    earlier, later = await dashboard.neighbours(doc, CONTEXT)
     rows = []
     for neighbour in [*earlier, doc, *later]:
         current = neighbour["_id"] == doc["_id"]

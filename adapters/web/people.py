@@ -7,7 +7,6 @@ this person, so the web and chat share one deletion path and one export format.
 
 from __future__ import annotations
 
-import re
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -43,23 +42,13 @@ async def run_command(core: Core, platform: Platform, session: WebSession, name:
     return await commands.run(core, as_message(session, text), platform, commands.Command(name, args))
 
 
-def _search(q: str, fields: tuple[str, ...]) -> dict[str, Any]:
-    pattern = {"$regex": re.escape(q), "$options": "i"}
-    return {"$or": [{f: pattern} for f in fields]}
-
-
 async def people_page(core: Core, session: WebSession, query: dict[str, str], message: str | None = None,
                       error: bool = False, refresh_to: str | None = None) -> web.Response:
     q = query.get("q", "").strip()[:200]
     page_no = int(query["page"]) if query.get("page", "").isdigit() and int(query["page"]) > 0 else 1
-    mine: dict[str, Any] = {"author_key": session.user_key, **commands.MEMORIES}  # what /memory lists
-    if q:
-        mine = {"$and": [mine, _search(q, ("text", "media_text"))]}
-    total = await core.store.messages.count_documents(mine)
-    cursor = core.store.messages.find(mine).sort("ts", -1).skip((page_no - 1) * PAGE_SIZE).limit(PAGE_SIZE)
-    memories = [doc async for doc in cursor]
+    total, memories = await core.store.dashboard.memories_of(session.user_key, q, page_no, PAGE_SIZE)  # as /memory
     facts = await _facts(core, session, q)
-    user = await core.store.get_user(session.user_key)
+    opted_out = await core.store.dashboard.opted_out(session.user_key)
     body = (
         f"<h1>What Mnemo knows about you</h1>{notice(message, error)}"
         f'<form method="get" action="/me" role="search" class="search"><label for="q">Search your memories and facts</label>'
@@ -67,7 +56,7 @@ async def people_page(core: Core, session: WebSession, query: dict[str, str], me
         f'<form method="post" action="/me/forget" id="forget-form">{csrf_field(session)}'
         f"{_facts_section(facts)}{_memories_section(memories, total, page_no, q)}"
         '<div class="actions"><button type="submit" class="danger">Forget selected</button></div></form>'
-        f"{_data_section(session, bool(user.get('opted_out')))}"
+        f"{_data_section(session, opted_out)}"
     )
     return page("My data", body, session, current="/me", script=True, refresh_to=refresh_to)
 
@@ -75,14 +64,10 @@ async def people_page(core: Core, session: WebSession, query: dict[str, str], me
 async def _facts(core: Core, session: WebSession, q: str) -> list[dict[str, Any]]:
     """Facts about this person (the learning issue's `facts` schema); none until it runs.
     Only from scopes they may read: what someone said about them in their own DM stays there."""
+    dashboard = core.store.dashboard
     readable = sorted(await readable_scope_keys(core, session))
-    query: dict[str, Any] = {"about_key": session.user_key, "scope": {"$in": readable}}
-    if q:
-        query = {"$and": [query, _search(q, ("text",))]}
-    facts = [doc async for doc in core.store.db["facts"].find(query).sort("valid_from", -1).limit(200)]
-    source_ids = sorted({s for f in facts for s in f.get("sources") or []})
-    sources = {d["_id"]: d async for d in core.store.messages.find(
-        {"_id": {"$in": source_ids}, "scope": {"$in": readable}}, {"text": 1, "ts": 1, "link": 1, "author_name": 1})}
+    facts = await dashboard.facts_about(session.user_key, readable, q)
+    sources = await dashboard.messages_in_scopes(sorted({s for f in facts for s in f.get("sources") or []}), readable)
     for fact in facts:
         fact["_sources"] = [sources[s] for s in fact.get("sources") or [] if s in sources]
     facts.sort(key=lambda f: f.get("status") != "current")  # current first, then history
@@ -157,13 +142,18 @@ async def forget(core: Core, platform: Platform, session: WebSession, form: Any)
     ids = [i.strip() for i in form.getall("id", []) if isinstance(i, str) and i.strip()][:MAX_FORGET]
     if not ids:
         return "Select what to forget first.", True
-    failed = []
+    failed, unfinished = [], []
     for memory_id in ids:
         reply = await run_command(core, platform, session, "forget", memory_id)
-        if reply.is_error:
+        if reply.text == commands.FORGET_LATER:
+            # The memory index is down: recorded and finished later, not "not found".
+            unfinished.append(memory_id)
+        elif reply.is_error:
             failed.append(memory_id)
-    done = len(ids) - len(failed)
+    done = len(ids) - len(failed) - len(unfinished)
     text = f"Forgot {done} item{'s' if done != 1 else ''}."
+    if unfinished:
+        text += f" {commands.FORGET_LATER} Not finished yet: {', '.join(unfinished)}."
     if failed:
         text += f" Not found (already gone?): {', '.join(failed)}."
-    return text, bool(failed)
+    return text, bool(failed or unfinished)

@@ -6,9 +6,8 @@ the scope filter; the scope list comes from `core.privacy`, never from the calle
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, ClassVar
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
@@ -17,21 +16,15 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 from core.kinds import NOT_MEMORY, QUESTION, REPLY, TOLD
 from core.models import Message, Scope, utcnow
-
-# Processing states of a stored message (see core.pipeline).
-RECEIVED = "received"
-PROCESSING = "processing"
-SENDING = "sending"  # the reply is going out: a crash here may have delivered it already
-DONE = "done"
-FAILED = "failed"
-PENDING = [RECEIVED, PROCESSING, SENDING]
-
-_ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"
-
-
-def new_id(prefix: str = "m") -> str:
-    """Short ids people can type (`/forget m7kq2x9ab`)."""
-    return prefix + "".join(secrets.choice(_ID_ALPHABET) for _ in range(9))
+from core.store.dashboard import Dashboard
+from core.store.deletions import DeletionRecords
+from core.store.facts import FactDocs
+from core.store.ids import new_id
+from core.store.leases import Leases
+from core.store.migrations import MigrationDocs
+from core.store.settings import SettingsDocs
+from core.store.states import DONE, FAILED, PENDING, PROCESSING, RECEIVED, SENDING
+from core.store.web import WebDocs
 
 
 def message_doc(message: Message, *, remember: bool, kind: str = TOLD) -> dict[str, Any]:
@@ -71,7 +64,7 @@ def message_doc(message: Message, *, remember: bool, kind: str = TOLD) -> dict[s
     }
 
 
-class Store:
+class Store(Leases, DeletionRecords):
     def __init__(self, client: AsyncMongoClient[dict[str, Any]], db_name: str = "mnemo") -> None:
         self.client = client
         self.db: AsyncDatabase[dict[str, Any]] = client[db_name]
@@ -82,6 +75,12 @@ class Store:
         self.audit = self.db["settings_audit"]
         self.workers = self.db["workers"]  # heartbeats: which workers are alive
         self.deletions = self.db["deletions"]  # forgets recorded before they are carried out
+        # Named queries of the other collections (core/store/*.py), on the same database.
+        self.facts = FactDocs(self.db)
+        self.settings = SettingsDocs(self.db)
+        self.migrations = MigrationDocs(self.db)
+        self.web = WebDocs(self.db)
+        self.dashboard = Dashboard(self.db, self.facts, self.settings, self.web)  # read-only, for adapters/web
 
     async def ensure_indexes(self) -> None:
         await self.messages.create_index([("key", ASCENDING)], unique=True, name="event_key_unique")
@@ -150,72 +149,6 @@ class Store:
     async def amend_message(self, event_key: str, fields: dict[str, Any]) -> None:
         await self.messages.update_one({"key": event_key}, {"$set": fields})
 
-    async def renew_leases(self, owner: str, lease: timedelta) -> int:
-        """Heartbeat: extend the lease of every pending message this worker holds (queued,
-        processing or sending), so a long queue or a slow model is never mistaken for a crash."""
-        result = await self.messages.update_many(
-            {"owner": owner, "state": {"$in": PENDING}}, {"$set": {"lease_until": utcnow() + lease}}
-        )
-        return result.modified_count
-
-    async def beat(self, worker_id: str, platforms: list[str]) -> None:
-        """A worker's heartbeat (a few seconds apart; separate from the message leases)."""
-        await self.workers.update_one(
-            {"_id": worker_id}, {"$set": {"beat_at": utcnow(), "platforms": platforms}}, upsert=True
-        )
-
-    async def recent_beats(self, since: datetime) -> list[str]:
-        """Workers whose last heartbeat is after `since`."""
-        return [doc["_id"] async for doc in self.workers.find({"beat_at": {"$gte": since}}, {"_id": 1})]
-
-    async def stop_beating(self, worker_id: str) -> None:
-        await self.workers.delete_one({"_id": worker_id})
-
-    async def adopt_stale(
-        self, owner: str, lease: timedelta, platforms: list[str], live: set[str],
-        conversation_key: str | None = None, limit: int = 100,
-    ) -> list[dict[str, Any]]:
-        """Take over messages whose holder is gone: its lease expired (handed back, or a worker
-        that stopped renewing) or its owner is not among the `live` workers (no recent
-        heartbeat: crashed or killed). Each adoption is one atomic update of the version that
-        was read, so two workers never adopt the same message. A message caught mid-send is
-        flagged `interrupted_send`: it may have been delivered."""
-        now = utcnow()
-        query: dict[str, Any] = {
-            "platform": {"$in": platforms},
-            "state": {"$in": PENDING},
-            "$or": [{"lease_until": {"$lt": now}}, {"owner": {"$nin": sorted(live | {owner})}}],
-        }
-        if conversation_key is not None:
-            query["conversation_key"] = conversation_key
-        cursor = self.messages.find(
-            query,
-            {"_id": 1, "state": 1, "owner": 1, "lease_until": 1},
-        ).sort("created_at", ASCENDING).limit(limit)
-        adopted = []
-        for found in [doc async for doc in cursor]:
-            fields: dict[str, Any] = {"owner": owner, "state": RECEIVED, "lease_until": now + lease}
-            if found["state"] == SENDING:
-                fields["interrupted_send"] = True
-            doc = await self.messages.find_one_and_update(
-                {"_id": found["_id"], "state": found["state"], "owner": found.get("owner"),
-                 "lease_until": found.get("lease_until")},
-                {"$set": fields},
-                return_document=ReturnDocument.AFTER,
-            )
-            if doc is not None:
-                adopted.append(doc)
-        return adopted
-
-    async def release(self, owner: str) -> int:
-        """Graceful shutdown: hand back queued and unfinished messages with an expired lease,
-        so another worker adopts them at once. Messages mid-send are left to expire."""
-        result = await self.messages.update_many(
-            {"owner": owner, "state": {"$in": [RECEIVED, PROCESSING]}},
-            {"$set": {"state": RECEIVED, "owner": None, "lease_until": utcnow() - timedelta(seconds=1)}},
-        )
-        return result.modified_count
-
     async def earlier_pending(
         self, conversation_key: str, key: str, order_ts: float, created_at: datetime
     ) -> dict[str, Any] | None:
@@ -255,6 +188,16 @@ class Store:
             {"_id": {"$in": ids}, "scope": {"$in": [s.key for s in scopes]}, "kind": {"$nin": NOT_MEMORY}}
         )
         return {doc["_id"]: doc async for doc in cursor}
+
+    async def messages_by_id_in_scope(self, ids: list[str], scope_key: str) -> dict[str, dict[str, Any]]:
+        """These messages, where they are in this scope (a fact's sources, a scope's reindex)."""
+        return {doc["_id"]: doc async for doc in self.messages.find({"_id": {"$in": ids}, "scope": scope_key})}
+
+    async def stored_in_conversation(self, conversation_key: str) -> list[dict[str, Any]]:
+        """Id, event key, scope and `remembered` of every message stored in a conversation
+        (an import resuming: one query on the conversation's index)."""
+        cursor = self.messages.find({"conversation_key": conversation_key}, {"_id": 1, "key": 1, "scope": 1, "remembered": 1})
+        return [doc async for doc in cursor]
 
     async def recent_turns(self, message: Message, limit: int) -> list[dict[str, Any]]:
         """The last `limit` turns of `message`'s conversation before it, oldest first: what
@@ -306,43 +249,6 @@ class Store:
             {"conversation_key": conversation_key, "sent_ids": platform_message_id}, {"_id": 1}
         )
         return found is not None
-
-    # -- deletions ----------------------------------------------------------------------
-
-    async def record_deletion(self, query: dict[str, Any], replies_of: str | None = None) -> dict[str, Any] | None:
-        """Record, durably and before anything is deleted, which messages a forget (or the
-        retention sweep) removes: their ids per scope and event keys. A crash mid-way leaves
-        this record, and `finish_deletion` (run again at start-up) completes it. None when
-        nothing matches and nothing else is to be deleted."""
-        docs = [doc async for doc in self.messages.find(query, {"_id": 1, "scope": 1, "key": 1})]
-        if not docs and replies_of is None:
-            return None
-        by_scope: dict[str, list[str]] = {}
-        for doc in docs:
-            by_scope.setdefault(doc["scope"], []).append(doc["_id"])
-        deletion = {
-            "_id": new_id("d"),
-            "scopes": [{"scope": scope, "ids": ids} for scope, ids in by_scope.items()],
-            "keys": [doc["key"] for doc in docs],
-            "replies_of": replies_of,
-            "at": utcnow(),
-        }
-        await self.deletions.insert_one(deletion)
-        return deletion
-
-    async def pending_deletions(self) -> list[dict[str, Any]]:
-        return [doc async for doc in self.deletions.find({}).sort("at", ASCENDING)]
-
-    async def delete_recorded(self, deletion: dict[str, Any]) -> None:
-        """The MongoDB half of a recorded deletion (after Chroma's): the messages, the replies
-        answering or quoting them, then the record itself. Safe to run twice."""
-        ids = [memory_id for part in deletion["scopes"] for memory_id in part["ids"]]
-        derived: list[dict[str, Any]] = [{"message_key": {"$in": deletion["keys"]}}, {"footnotes.memory_id": {"$in": ids}}]
-        if deletion.get("replies_of"):
-            derived.append({"author_key": deletion["replies_of"]})
-        await self.replies.delete_many({"$or": derived})
-        await self.messages.delete_many({"_id": {"$in": ids}})
-        await self.deletions.delete_one({"_id": deletion["_id"]})
 
     async def quarantine(self, platform: str, event_id: str, payload: str | None, error: str) -> None:
         # Capped: the event may be what was too large to store in the first place.
