@@ -29,6 +29,7 @@ from core.facts import arrange as arrange_facts
 from core.learning import Learner
 from core.media import MediaReader, MediaText
 from core.memory.index import MemoryIndex, MemoryItem
+from core.memory.rebuild import start_rebuild
 from core.metrics import Metrics
 from core.migrations import run_migrations
 from core.models import Message, Reply, Scope, utcnow
@@ -143,6 +144,7 @@ class Core:
             await self.index_pending()  # what was stored while Chroma could not be written
         except MemoryUnavailable as exc:
             log.warning("memory index unavailable at start-up: %s", exc)
+        self._loops.append(await start_rebuild(self.store, self.index))  # a lost or stale Chroma
         if self.answerer.has_model or not getattr(self.index.embedder, "name", "").startswith("local:"):
             # litellm takes seconds to import; done lazily inside the first answer it would
             # block the event loop, and with it the lease heartbeat and every webhook.
