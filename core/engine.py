@@ -22,6 +22,7 @@ from core.errors import MemoryUnavailable
 from core.media import MediaText
 from core.memory.index import MemoryItem
 from core.memory.ingest import ingest_history
+from core.memory.rebuild import start_rebuild
 from core.migrations import run_migrations
 from core.models import Message
 from core.pipeline.answering import MODEL_DOWN, Answering
@@ -121,6 +122,7 @@ class Core:
             await self.index_pending()  # what was stored while Chroma could not be written
         except MemoryUnavailable as exc:
             log.warning("memory index unavailable at start-up: %s", exc)
+        self._loops.append(await start_rebuild(self.store, self.index))  # a lost or stale Chroma
         if self.answerer.has_model or not getattr(self.index.embedder, "name", "").startswith("local:"):
             # litellm takes seconds to import; done lazily inside the first answer it would
             # block the event loop, and with it the lease heartbeat and every webhook.

@@ -75,6 +75,11 @@ fi
 pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
 extras="embedded"
 [ "$dev" = 1 ] && extras="embedded,dev"
-step "installing mnemo-bot[$extras] and its Python dependencies into .venv" "${pip[@]}" install -e ".[$extras]"
+# --no-compile: pip would byte-compile every module of every dependency (~250 MB of .pyc, most
+# of it never imported: kubernetes, boto3, litellm's proxy); the modules Mnemo loads are
+# compiled below, anything else when first imported.
+step "installing mnemo-bot[$extras] and its Python dependencies into .venv" "${pip[@]}" install --no-compile -e ".[$extras]"
+step "compiling the modules Mnemo loads" env -u PYTHONDONTWRITEBYTECODE LITELLM_LOCAL_MODEL_COST_MAP=True \
+  .venv/bin/python deploy/precompile.py
 step "building the local embedding model (int8 ONNX, once)" .venv/bin/python -m core.memory.minilm_onnx
 log "done in $((SECONDS - started)) s: .venv/bin/mnemo is ready ($(du -sh .venv 2>/dev/null | cut -f1) in .venv)"

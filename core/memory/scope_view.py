@@ -33,14 +33,14 @@ import bisect
 import contextlib
 import threading
 from collections import Counter
-from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from core.memory.lexical import Postings, bm25, idf, tokenize, words
+from core.memory.lexical import Postings, tokenize, words
 from core.memory.query import QueryPlan, mentions_time
+from core.memory.view_scoring import lexical_scores, session_lexical_scores, session_strength
 
 try:
     from threadpoolctl import ThreadpoolController
@@ -121,6 +121,7 @@ class ScopeView:
         self.length = np.zeros(capacity, dtype=np.float32)
         self.has_time = np.zeros(capacity, dtype=bool)
         self.author = np.zeros(capacity, dtype=np.int64)
+        self.is_fact = np.zeros(capacity, dtype=bool)  # a learned fact (core.facts), not a message
 
     def __len__(self) -> int:
         return self.alive_count
@@ -143,6 +144,7 @@ class ScopeView:
             "length",
             "has_time",
             "author",
+            "is_fact",
         ):
             old = getattr(self, name)
             new = np.full(capacity, -1 if name in ("prev", "next") else 0, dtype=old.dtype)
@@ -174,6 +176,7 @@ class ScopeView:
         ts = float(metadata.get("ts") or 0.0)
         self.ts[row] = ts
         self.has_time[row] = mentions_time(document)
+        self.is_fact[row] = metadata.get("source_kind") == "fact"
         name = str(metadata.get("author") or "").strip().lower()
         if name not in self._author_index:
             self._author_index[name] = len(self.authors)
@@ -202,6 +205,10 @@ class ScopeView:
         old = int(self.prev[row])
         if old >= 0 and self.next[old] == row:
             self.next[old] = -1
+        if self.is_fact[row]:
+            # A learned fact says all it means; read with the fact before it, it blurs (and
+            # a separate facts-only ranking measured worse: bench/locomo.py --facts).
+            before = -1
         if before >= 0 and self.ts[row] - self.ts[before] <= SESSION_GAP_S:
             self.prev[row] = before
             self.next[before] = row
@@ -259,7 +266,7 @@ class ScopeView:
     ) -> list[Ranked]:
         n = len(self.ids)
         alive = self.alive[:n]
-        lexical, coverage = self._lexical(plan.text, n, self._author_terms(plan))
+        lexical, coverage = lexical_scores(self, plan.text, n, self._author_terms(plan))
         if dense_pool is None:
             in_pool = alive
             semantic, cosine = self._semantic(query_vector, np.arange(n))
@@ -282,7 +289,7 @@ class ScopeView:
         semantic[~in_pool] = 0.0
         score = LEXICAL_WEIGHT * _unit_max(lexical)
         if SESSION_LEXICAL_WEIGHT:
-            score += SESSION_LEXICAL_WEIGHT * _unit_max(self._session_lexical(plan.text, n))
+            score += SESSION_LEXICAL_WEIGHT * _unit_max(session_lexical_scores(self, plan.text, n))
         score += (1 - LEXICAL_WEIGHT) * _unit_max(semantic)
         if plan.named_authors:
             named = [self._author_index[a] for a in plan.named_authors if a in self._author_index]
@@ -294,10 +301,17 @@ class ScopeView:
             start, end = plan.window
             score += TIME_WINDOW_BONUS * ((self.ts[:n] >= start) & (self.ts[:n] < end))
         score[~in_pool] = -np.inf
+        return self._ranked(plan, score, k)
+
+    def _ranked(self, plan: QueryPlan, score: np.ndarray, k: int) -> list[Ranked]:
+        """The k best by `score` (-inf: not a candidate), with their sessions' strength."""
+        n = len(score)
         depth = min(CANDIDATES, self.alive_count)
         candidates = np.argpartition(-score, depth - 1)[:depth] if depth < n else np.arange(n)
         candidates = candidates[np.isfinite(score[candidates])]
-        final = score[candidates] + SESSION_WEIGHT * self._session_strength(candidates, score)
+        if not len(candidates):
+            return []
+        final = score[candidates] + SESSION_WEIGHT * session_strength(self, candidates, score)
         if NEIGHBOR_WEIGHT:
             finite = np.where(np.isfinite(score), score, 0.0)
             before, after = self.prev[candidates], self.next[candidates]
@@ -333,64 +347,6 @@ class ScopeView:
     def _author_terms(self, plan: QueryPlan) -> set[str]:
         return {term for name in plan.named_authors for term in tokenize(name)}
 
-    def _lexical(self, text: str, n: int, ignored: Collection[str] = ()) -> tuple[np.ndarray, np.ndarray]:
-        """BM25 with each memory read together with its previous message in the session, and
-        each memory's coverage of the question: the share of the question's terms (weighted by
-        idf, an unknown term weighing most) that it or its previous message contains. Terms in
-        `ignored` (the names of the people asked about) count for BM25, not for coverage."""
-        scores = np.zeros(n, dtype=np.float32)
-        covered = np.zeros(n, dtype=np.float32)
-        total = 0.0
-        alive = self.alive[:n]
-        prev = self.prev[:n]
-        length = self.length[:n] + np.where(prev >= 0, self.length[np.maximum(prev, 0)], 0)
-        avg = float(length[alive].mean()) if self.alive_count else 1.0
-        nxt = self.next[:n]
-        for term in set(tokenize(text)):
-            counted = term not in ignored
-            found = self.postings.get(term)
-            if found is None:
-                total += idf(0, self.alive_count) if counted else 0.0
-                continue
-            rows, tfs = found
-            keep = alive[rows]
-            rows, tfs = rows[keep], tfs[keep]
-            weight = idf(len(rows), self.alive_count)  # a term's rows are distinct: its df
-            if counted:
-                total += weight
-            if len(rows) == 0:
-                continue
-            followers = nxt[rows]
-            has = followers >= 0
-            tf = np.bincount(rows, weights=tfs, minlength=n)
-            tf += np.bincount(followers[has], weights=tfs[has], minlength=n)
-            hit = np.flatnonzero(tf)
-            scores[hit] += bm25(tf[hit], length[hit], avg, len(hit), self.alive_count)
-            if counted:
-                covered[hit] += weight
-        return scores, (covered / total if total > 0 else covered)
-
-    def _session_lexical(self, text: str, n: int) -> np.ndarray:
-        """BM25 of each memory's whole session (the topic of the conversation around it)."""
-        alive = self.alive[:n]
-        session = self.session[:n]
-        sessions = int(session.max()) + 1
-        length = np.bincount(session[alive], weights=self.length[:n][alive], minlength=sessions)
-        present = length > 0
-        avg = float(length[present].mean()) if present.any() else 1.0
-        scores = np.zeros(sessions, dtype=np.float32)
-        for term in set(tokenize(text)):
-            found = self.postings.get(term)
-            if found is None:
-                continue
-            rows, tfs = found
-            keep = alive[rows]
-            tf = np.bincount(session[rows[keep]], weights=tfs[keep], minlength=sessions)
-            hit = np.flatnonzero(tf)
-            if len(hit):
-                scores[hit] += bm25(tf[hit], length[hit], avg, len(hit), int(present.sum()))
-        return scores[session]
-
     def _semantic(self, query_vector: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Similarity of `rows` to the query (the memory alone mixed with memory-plus-previous),
         and the raw cosine of the memory alone."""
@@ -411,16 +367,6 @@ class ScopeView:
             return rows
         return rows[np.linspace(0, len(rows) - 1, size).astype(np.int64)]
 
-    def _session_strength(self, candidates: np.ndarray, score: np.ndarray) -> np.ndarray:
-        """Mean of the best three candidate scores in each candidate's session."""
-        sessions = self.session[candidates]
-        values = score[candidates]
-        best: dict[int, list[float]] = {}
-        for session, value in sorted(zip(sessions.tolist(), values.tolist()), key=lambda sv: -sv[1]):
-            top = best.setdefault(session, [])
-            if len(top) < 3:
-                top.append(value)
-        return np.array([sum(best[s]) / 3 for s in sessions.tolist()], dtype=np.float32)
 
 
 def _unit_max(values: np.ndarray) -> np.ndarray:

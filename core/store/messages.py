@@ -368,3 +368,20 @@ class Store(Leases, DeletionRecords):
                         yield key
 
         return keys()
+
+    # -- memory index rebuild (core.memory.rebuild) ----------------------------------------
+
+    async def memory_ids_by_scope(self) -> dict[str, list[str]]:
+        """Per scope, the ids its Chroma collection should hold: remembered messages and facts
+        (current and earlier: both are searched)."""
+        found: dict[str, list[str]] = {}
+        for collection, query in ((self.messages, {"remembered": True}), (self.db["facts"], {})):
+            async for doc in collection.find(query, {"_id": 1, "scope": 1}):
+                found.setdefault(doc["scope"], []).append(doc["_id"])
+        return found
+
+    async def memory_docs(self, ids: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The remembered messages and the facts among `ids`."""
+        messages = [doc async for doc in self.messages.find({"_id": {"$in": ids}, "remembered": True})]
+        facts = [doc async for doc in self.db["facts"].find({"_id": {"$in": ids}})]
+        return messages, facts
