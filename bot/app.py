@@ -8,7 +8,7 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from bot.config import Settings
+from bot.config import Settings, reveal
 from bot.http import HttpServer, build_http_app
 from bot.stores import Stores, open_stores
 from core.build import build
@@ -35,7 +35,7 @@ def core_config(settings: Settings) -> CoreConfig:
         reasoning_model=settings.effective_reasoning_model,
         learning_model=settings.effective_learning_model,
         llm_api_base=settings.llm_api_base,
-        llm_api_key=settings.llm_api_key,
+        llm_api_key=reveal(settings.llm_api_key),
         llm_timeout_s=settings.llm_timeout_s,
         stt_model=settings.stt_model,
         vision_model=settings.vision_model,
@@ -50,7 +50,7 @@ def core_config(settings: Settings) -> CoreConfig:
 async def open_core(settings: Settings, background: bool = True) -> AsyncIterator[Core]:
     """Stores and core, opened together and closed in reverse order."""
     embedder = make_embedder(
-        settings.embedding_model, settings.llm_api_base, settings.llm_api_key, cache_dir=settings.data_dir / "models"
+        settings.embedding_model, settings.llm_api_base, reveal(settings.llm_api_key), cache_dir=settings.data_dir / "models"
     )
     # Load the embedding model while the stores start (it takes seconds on a CPU), so neither
     # start-up nor the first message pays for the two one after the other.
@@ -84,25 +84,25 @@ def build_adapters(settings: Settings, core: Core) -> list[Adapter]:
         adapters.append(
             TelegramAdapter(
                 core,
-                token=settings.telegram_bot_token,
+                token=reveal(settings.telegram_bot_token),
                 api_base=settings.telegram_api_base,
                 webhook_url=settings.telegram_webhook_url,
-                webhook_secret=settings.telegram_webhook_secret,
+                webhook_secret=reveal(settings.telegram_webhook_secret),
             )
         )
     if settings.discord_bot_token:
         from adapters.discord import DiscordAdapter
 
-        adapters.append(DiscordAdapter(core, token=settings.discord_bot_token, api_base=settings.discord_api_base))
+        adapters.append(DiscordAdapter(core, token=reveal(settings.discord_bot_token), api_base=settings.discord_api_base))
     if settings.slack_bot_token:
         from adapters.slack import SlackAdapter
 
         adapters.append(
             SlackAdapter(
                 core,
-                bot_token=settings.slack_bot_token,
-                app_token=settings.slack_app_token,
-                signing_secret=settings.slack_signing_secret,
+                bot_token=reveal(settings.slack_bot_token),
+                app_token=reveal(settings.slack_app_token),
+                signing_secret=reveal(settings.slack_signing_secret),
                 api_base=settings.slack_api_base,
             )
         )

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -23,6 +23,12 @@ def default_data_dir() -> Path:
     """Per user, wherever `mnemo` is started from: `$XDG_DATA_HOME/mnemo` (~/.local/share/mnemo)."""
     base = os.environ.get("XDG_DATA_HOME", "").strip()
     return (Path(base) if base and Path(base).is_absolute() else Path.home() / ".local" / "share") / "mnemo"
+
+
+def reveal(value: SecretStr | None) -> str | None:
+    """A secret's text, where it is handed to the SDK or API that needs it (SecretStr keeps
+    tokens and keys out of every repr, log line and traceback until then)."""
+    return value.get_secret_value() if value is not None else None
 
 
 def _url(value: str | None, variable: str) -> str | None:
@@ -48,7 +54,7 @@ class Settings(BaseSettings):
     reasoning_model: str | None = Field(None, validation_alias="MNEMO_REASONING_MODEL")
     learning_model: str | None = Field(None, validation_alias="MNEMO_LEARNING_MODEL")
     llm_api_base: str | None = Field(None, validation_alias="MNEMO_LLM_API_BASE")
-    llm_api_key: str | None = Field(None, validation_alias="MNEMO_LLM_API_KEY")
+    llm_api_key: SecretStr | None = Field(None, validation_alias="MNEMO_LLM_API_KEY")
     llm_timeout_s: float = Field(60.0, gt=0, validation_alias="MNEMO_LLM_TIMEOUT")
     embedding_model: str = Field("local", validation_alias="MNEMO_EMBEDDING_MODEL")
     stt_model: str = Field("local", validation_alias="MNEMO_STT_MODEL")
@@ -64,17 +70,17 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", validation_alias="MNEMO_LOG_LEVEL")
     log_format: Literal["text", "json"] = Field("text", validation_alias="MNEMO_LOG_FORMAT")
 
-    telegram_bot_token: str | None = Field(None, validation_alias="TELEGRAM_BOT_TOKEN")
+    telegram_bot_token: SecretStr | None = Field(None, validation_alias="TELEGRAM_BOT_TOKEN")
     telegram_api_base: str | None = Field(None, validation_alias="TELEGRAM_API_BASE")
     telegram_webhook_url: str | None = Field(None, validation_alias="TELEGRAM_WEBHOOK_URL")
-    telegram_webhook_secret: str | None = Field(None, validation_alias="TELEGRAM_WEBHOOK_SECRET")
+    telegram_webhook_secret: SecretStr | None = Field(None, validation_alias="TELEGRAM_WEBHOOK_SECRET")
 
-    discord_bot_token: str | None = Field(None, validation_alias="DISCORD_BOT_TOKEN")
+    discord_bot_token: SecretStr | None = Field(None, validation_alias="DISCORD_BOT_TOKEN")
     discord_api_base: str = Field("https://discord.com/api/v10", validation_alias="DISCORD_API_BASE")
 
-    slack_bot_token: str | None = Field(None, validation_alias="SLACK_BOT_TOKEN")
-    slack_app_token: str | None = Field(None, validation_alias="SLACK_APP_TOKEN")
-    slack_signing_secret: str | None = Field(None, validation_alias="SLACK_SIGNING_SECRET")
+    slack_bot_token: SecretStr | None = Field(None, validation_alias="SLACK_BOT_TOKEN")
+    slack_app_token: SecretStr | None = Field(None, validation_alias="SLACK_APP_TOKEN")
+    slack_signing_secret: SecretStr | None = Field(None, validation_alias="SLACK_SIGNING_SECRET")
     slack_api_base: str = Field("https://slack.com/api/", validation_alias="SLACK_API_BASE")
 
     @field_validator(
@@ -121,9 +127,10 @@ class Settings(BaseSettings):
 
     @field_validator("telegram_webhook_secret")
     @classmethod
-    def _telegram_secret_charset(cls, value: str | None) -> str | None:
+    def _telegram_secret_charset(cls, value: SecretStr | None) -> SecretStr | None:
         # Telegram accepts 1-256 characters of A-Z, a-z, 0-9, _ and -.
-        if value is not None and (len(value) > 256 or not all(c.isalnum() or c in "_-" for c in value)):
+        raw = reveal(value)
+        if raw is not None and (len(raw) > 256 or not all(c.isalnum() or c in "_-" for c in raw)):
             raise ValueError("must be 1-256 characters of A-Z, a-z, 0-9, _ and -")
         return value
 
@@ -170,7 +177,7 @@ def load_settings(**overrides: object) -> Settings:
         error = exc.errors()[0]
         field = str(error["loc"][0]) if error["loc"] else "?"
         variable = _variable_for(field)
-        secret = any(word in variable for word in ("TOKEN", "SECRET", "KEY"))
+        secret = any(word in variable for word in ("TOKEN", "SECRET", "KEY", "URI"))
         got = "" if secret else f" (got {error.get('input')!r})"
         raise ConfigError(f"{variable}: {error['msg']}{got}") from None
     settings.check_platforms()

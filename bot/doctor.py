@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from bot.config import ConfigError, Settings
+from bot.config import ConfigError, Settings, reveal
 
 OK, WARN, FAIL = "ok  ", "warn", "FAIL"
 Check = tuple[str, str, str]  # status, what, detail / what to do
@@ -53,7 +53,7 @@ async def _embeddings(settings: Settings) -> Check:
     from core.memory.embedder import make_embedder
 
     embedder = make_embedder(
-        settings.embedding_model, settings.llm_api_base, settings.llm_api_key, cache_dir=settings.data_dir / "models"
+        settings.embedding_model, settings.llm_api_base, reveal(settings.llm_api_key), cache_dir=settings.data_dir / "models"
     )
     try:
         vectors = await asyncio.wait_for(embedder.embed(["mnemo doctor"]), _TIMEOUT_S)
@@ -74,7 +74,7 @@ async def _model(settings: Settings) -> Check:
     if settings.llm_api_base:
         kwargs["api_base"] = settings.llm_api_base
     if settings.llm_api_key:
-        kwargs["api_key"] = settings.llm_api_key
+        kwargs["api_key"] = reveal(settings.llm_api_key)
     started = time.monotonic()
     try:
         await asyncio.wait_for(
@@ -123,21 +123,21 @@ def _platform_checks(settings: Settings) -> list[Awaitable[Check]]:
     checks: list[Awaitable[Check]] = []
     if settings.telegram_bot_token:
         base = (settings.telegram_api_base or "https://api.telegram.org").rstrip("/")
-        telegram_url = f"{base}/bot{settings.telegram_bot_token}/getMe"
+        telegram_url = f"{base}/bot{reveal(settings.telegram_bot_token)}/getMe"
         checks.append(_platform(
             "telegram", "TELEGRAM_BOT_TOKEN", lambda: _http_json("GET", telegram_url, {}),
             lambda s, b: f"@{b['result'].get('username')}" if isinstance(b, dict) and b.get("ok") else None,
         ))
     if settings.discord_bot_token:
         discord_url = settings.discord_api_base.rstrip("/") + "/users/@me"
-        discord_auth = {"Authorization": f"Bot {settings.discord_bot_token}"}
+        discord_auth = {"Authorization": f"Bot {reveal(settings.discord_bot_token)}"}
         checks.append(_platform(
             "discord", "DISCORD_BOT_TOKEN", lambda: _http_json("GET", discord_url, discord_auth),
             lambda s, b: str(b.get("username")) if s == 200 and isinstance(b, dict) else None,
         ))
     if settings.slack_bot_token:
         slack_url = settings.slack_api_base.rstrip("/") + "/auth.test"
-        slack_auth = {"Authorization": f"Bearer {settings.slack_bot_token}"}
+        slack_auth = {"Authorization": f"Bearer {reveal(settings.slack_bot_token)}"}
         checks.append(_platform(
             "slack", "SLACK_BOT_TOKEN", lambda: _http_json("POST", slack_url, slack_auth),
             lambda s, b: f"{b.get('user')} in {b.get('team')}" if isinstance(b, dict) and b.get("ok") else None,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from bot.config import Settings
+from bot.config import Settings, reveal
 from bot.progress import ProgressBar
 from core.errors import MediaError
 from core.history import ExportError, History
@@ -218,7 +218,7 @@ class SlackPermalinks:
         from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
         from slack_sdk.web.async_client import AsyncWebClient
 
-        self.client = AsyncWebClient(token=settings.slack_bot_token, base_url=settings.slack_api_base
+        self.client = AsyncWebClient(token=reveal(settings.slack_bot_token), base_url=settings.slack_api_base
                                      or "https://slack.com/api/")
         self.client.retry_handlers.append(AsyncRateLimitErrorRetryHandler(max_retry_count=5))  # honours Retry-After
         self._slots = asyncio.Semaphore(concurrency)

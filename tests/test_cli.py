@@ -174,3 +174,24 @@ def test_a_second_chat_on_a_data_dir_in_use_says_who_holds_it(base_env: dict[str
         if first.poll() is None:
             first.kill()
             first.wait()
+
+
+def test_tokens_and_keys_never_show_in_the_settings_repr_or_a_config_error() -> None:
+    # Issue 14: secrets as SecretStr. A settings object in a log line or a traceback's locals
+    # must not carry a token; a bad secret is named, never echoed.
+    from bot.config import ConfigError, load_settings, reveal
+
+    settings = load_settings(telegram_bot_token="123:tg-secret", llm_api_key="sk-live-secret",
+                             slack_bot_token="xoxb-secret", slack_signing_secret="signing-secret",
+                             discord_bot_token="discord-secret")
+    shown = repr(settings) + str(settings) + repr(settings.model_dump())
+    for secret in ("tg-secret", "sk-live-secret", "xoxb-secret", "signing-secret", "discord-secret"):
+        assert secret not in shown
+    assert settings.platforms == ["telegram", "discord", "slack"]
+    assert reveal(settings.telegram_bot_token) == "123:tg-secret"
+    try:
+        load_settings(telegram_webhook_url="https://example.org/hook", telegram_webhook_secret="not ok!secret")
+    except ConfigError as exc:
+        assert "TELEGRAM_WEBHOOK_SECRET" in str(exc) and "not ok!secret" not in str(exc), exc
+    else:
+        raise AssertionError("a webhook secret Telegram refuses was accepted")
