@@ -72,7 +72,7 @@ class Core:
         self.intake = Intake(services, self.processor, self.worker, self.turns)
         self.worker.enqueue = self.intake.enqueue
         self.upkeep = Upkeep(services)
-        self._loops: list[asyncio.Task[None]] = []  # loops that take work: stopped first when draining
+        self._loops: list[asyncio.Task[Any]] = []  # loops that take work: stopped first when draining
 
     @property
     def learner(self) -> Any:
