@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -64,23 +63,12 @@ def build_http_app(core: Core) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
         if app[STATE]["draining"]:
             return web.json_response({"status": "draining"}, status=503)
-        checks = {}
-        # Writes are probed, not just pings: a deleted directory or a full disk still answers pings.
-        try:
-            await asyncio.wait_for(core.store.probe_write(core.worker_id), 5)
-            checks["mongodb"] = "ok"
-        except Exception as exc:  # noqa: BLE001 - reported, not raised
-            checks["mongodb"] = f"error: {type(exc).__name__}"
-        try:
-            await asyncio.wait_for(core.index.probe_write(), 5)
-            checks["chroma"] = "ok"
-        except Exception as exc:  # noqa: BLE001
-            checks["chroma"] = f"error: {type(exc).__name__}"
+        checks = await core.health()
         healthy = all(v == "ok" for v in checks.values())
         return web.json_response({"status": "ok" if healthy else "degraded", **checks}, status=200 if healthy else 503)
 
     async def metrics(request: web.Request) -> web.Response:
-        core.metrics.gauge("mnemo_queue_depth", core.runner.pending)
+        core.metrics.gauge("mnemo_queue_depth", core.pending_jobs)
         for command, count in COMMANDS.counts().items():  # sent since the process started
             core.metrics.gauge("mnemo_mongodb_commands", count, command=command)
         return web.Response(text=core.metrics.render(), content_type="text/plain", charset="utf-8")

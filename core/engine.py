@@ -92,6 +92,24 @@ class Core:
     # -- what adapters may call besides submit (see core/platform.py) -------------------
 
     @property
+    def dashboard(self) -> Any:
+        """The web pages' read-only queries (core/store/dashboard.py), each scoped."""
+        return self.store.dashboard
+
+    async def health(self) -> dict[str, str]:
+        """"ok" or "error: <kind>" per store. Writes are probed, not just pings: a deleted
+        directory or a full disk still answers pings."""
+        checks: dict[str, str] = {}
+        for name, probe in (("mongodb", lambda: self.store.probe_write(self.worker_id)),
+                            ("chroma", self.index.probe_write)):
+            try:
+                await asyncio.wait_for(probe(), 5)
+                checks[name] = "ok"
+            except Exception as exc:  # noqa: BLE001 - reported, not raised
+                checks[name] = f"error: {type(exc).__name__}"
+        return checks
+
+    @property
     def pending_jobs(self) -> int:
         """Jobs queued or running (replies in flight): adapters wait on it before closing."""
         return self.runner.pending

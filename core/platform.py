@@ -118,6 +118,15 @@ class CorePort(Protocol):
         ...
 
     @property
+    def dashboard(self) -> Any:
+        """The web pages' read-only, scoped queries."""
+        ...
+
+    async def health(self) -> dict[str, str]:
+        """"ok" or "error: <kind>" for "mongodb" and "chroma" (write probes)."""
+        ...
+
+    @property
     def pending_jobs(self) -> int:
         """Jobs queued or running (replies in flight)."""
         ...

@@ -124,7 +124,7 @@ def _core_attributes(path: Path) -> set[str]:
 def test_adapters_use_only_the_core_port() -> None:
     port = {name for name in dir(CorePort) if not name.startswith("_")} | set(CorePort.__annotations__)
     modules = [*sorted((REPO / "adapters").glob("*/*.py")), REPO / "adapters" / "console.py"]
-    checked = [m for m in modules if m.parent.name != "web"]  # the web pages move to named store queries
+    checked = modules
     outside = {f"{m.relative_to(REPO)}: core.{a}" for m in checked for a in _core_attributes(m) - port}
     assert not outside, sorted(outside)
     assert len(checked) > 15

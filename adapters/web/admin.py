@@ -4,7 +4,6 @@ validated as in chat, the audit log of changes, and health."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import deque
 from datetime import UTC, datetime
@@ -45,7 +44,7 @@ async def channels_of(core: Core, session: WebSession) -> list[str]:
         keys.add(session.dm_conversation)
     if session.operator:
         keys.add(f"web:dm-{session.author_id}")
-        keys.update(await core.store.dashboard.web_conversations())
+        keys.update(await core.dashboard.web_conversations())
     return sorted(keys)
 
 
@@ -53,7 +52,7 @@ async def admin_page(core: Core, session: WebSession, errors: RecentErrors, mess
                      error: bool = False, rejected: Any = None) -> web.Response:
     """`rejected`: a form that failed validation, shown again as typed so it can be corrected."""
     channels = await channels_of(core, session)
-    titles = await core.store.dashboard.channel_titles(channels)
+    titles = await core.dashboard.channel_titles(channels)
     if session.dm_conversation:
         titles[session.dm_conversation] = "Your DM with Mnemo"
     typed = rejected if rejected is not None else {}
@@ -103,7 +102,7 @@ async def _audit(core: Core, channels: list[str]) -> str:
     rows = [
         f"<tr><td>{when(doc['at'])}</td><td>{e(doc['conversation_key'])}</td><td>{e(doc['who'])}</td>"
         f"<td>{e(doc['key'])}</td><td>{e(doc['old'] or '(none)')} -&gt; {e(doc['new'] or '(none)')}</td></tr>"
-        for doc in await core.store.dashboard.setting_changes(channels, AUDIT_ROWS)
+        for doc in await core.dashboard.setting_changes(channels, AUDIT_ROWS)
     ]
     if not rows:
         return "<p>No changes yet.</p>"
@@ -140,20 +139,13 @@ async def save_settings(core: Core, session: WebSession, form: Any) -> tuple[int
 
 
 async def _health(core: Core, errors: RecentErrors) -> str:
-    checks = {"MongoDB": "ok", "Chroma": "ok"}
-    try:
-        await asyncio.wait_for(core.store.dashboard.ping(), 5)
-    except Exception as exc:  # noqa: BLE001 - reported on the page
-        checks["MongoDB"] = f"error: {type(exc).__name__}"
-    try:
-        await asyncio.wait_for(asyncio.to_thread(core.index.chroma.heartbeat), 5)
-    except Exception as exc:  # noqa: BLE001
-        checks["Chroma"] = f"error: {type(exc).__name__}"
+    found = await core.health()
+    checks = {"MongoDB": found["mongodb"], "Chroma": found["chroma"]}
     checks["Model"] = await _model_status(core)
     model_errors = sum(core.metrics.counters.get("mnemo_model_errors_total", {}).values())
     rows = "".join(f"<tr><th scope=\"row\">{e(k)}</th><td>{e(v)}</td></tr>" for k, v in checks.items())
     rows += f'<tr><th scope="row">Platforms connected</th><td>{e(", ".join(sorted(core.platforms)) or "none")}</td></tr>'
-    rows += f'<tr><th scope="row">Queue depth</th><td>{core.runner.pending}</td></tr>'
+    rows += f'<tr><th scope="row">Queue depth</th><td>{core.pending_jobs}</td></tr>'
     rows += f'<tr><th scope="row">Model errors since start</th><td>{int(model_errors)}</td></tr>'
     recent = "".join(
         f"<li>{when(moment)} {e(level)} {e(text)}</li>" for moment, level, text in reversed(errors.records)

@@ -106,7 +106,7 @@ async def readable_scope_keys(core: Core, session: WebSession) -> set[str]:
     for conversation_key in session.admin_of:
         platform, _, conversation_id = conversation_key.partition(":")
         keys.add(f"group:{platform}:{conversation_id}")
-    keys.update(await core.store.dashboard.group_scopes_spoken_in(session.user_key))
+    keys.update(await core.dashboard.group_scopes_spoken_in(session.user_key))
     return keys
 
 

@@ -33,7 +33,7 @@ def source_href(memory_id: str) -> str:
 async def chat_page(core: Core, session: WebSession, error: str | None = None, draft: str = "",
                     refresh_to: str | None = None) -> web.Response:
     key = f"web:{conversation_id(session)}"
-    dashboard = core.store.dashboard
+    dashboard = core.dashboard
     messages, replies = await dashboard.chat_history(key, session.dm_scope.key, HISTORY)
     cited = {f["memory_id"] for rs in replies.values() for r in rs for f in r.get("footnotes") or []}
     # A DM's answers cite only that DM (core.privacy), so only its scope is looked in.
@@ -101,7 +101,7 @@ async def send_message(core: Core, session: WebSession, text: str) -> str | None
 
 async def message_page(core: Core, session: WebSession, memory_id: str) -> web.Response:
     """The cited message among its neighbours, if this session may read its scope."""
-    dashboard = core.store.dashboard
+    dashboard = core.dashboard
     readable = sorted(await readable_scope_keys(core, session))
     fact = None
     if memory_id.startswith("F"):

@@ -46,9 +46,9 @@ async def people_page(core: Core, session: WebSession, query: dict[str, str], me
                       error: bool = False, refresh_to: str | None = None) -> web.Response:
     q = query.get("q", "").strip()[:200]
     page_no = int(query["page"]) if query.get("page", "").isdigit() and int(query["page"]) > 0 else 1
-    total, memories = await core.store.dashboard.memories_of(session.user_key, q, page_no, PAGE_SIZE)  # as /memory
+    total, memories = await core.dashboard.memories_of(session.user_key, q, page_no, PAGE_SIZE)  # as /memory
     facts = await _facts(core, session, q)
-    opted_out = await core.store.dashboard.opted_out(session.user_key)
+    opted_out = await core.dashboard.opted_out(session.user_key)
     body = (
         f"<h1>What Mnemo knows about you</h1>{notice(message, error)}"
         f'<form method="get" action="/me" role="search" class="search"><label for="q">Search your memories and facts</label>'
@@ -64,7 +64,7 @@ async def people_page(core: Core, session: WebSession, query: dict[str, str], me
 async def _facts(core: Core, session: WebSession, q: str) -> list[dict[str, Any]]:
     """Facts about this person (the learning issue's `facts` schema); none until it runs.
     Only from scopes they may read: what someone said about them in their own DM stays there."""
-    dashboard = core.store.dashboard
+    dashboard = core.dashboard
     readable = sorted(await readable_scope_keys(core, session))
     facts = await dashboard.facts_about(session.user_key, readable, q)
     sources = await dashboard.messages_in_scopes(sorted({s for f in facts for s in f.get("sources") or []}), readable)

@@ -40,7 +40,7 @@ import numpy as np
 
 from core.memory.lexical import Postings, tokenize, words
 from core.memory.query import QueryPlan, mentions_time
-from core.memory.view_scoring import lexical_scores, session_lexical_scores, session_strength
+from core.memory.view_scoring import diversified, lexical_scores, session_lexical_scores, session_strength
 
 try:
     from threadpoolctl import ThreadpoolController
@@ -320,29 +320,8 @@ class ScopeView:
                 np.where(after >= 0, finite[np.maximum(after, 0)], 0.0),
             )
             final = final + NEIGHBOR_WEIGHT * near
-        chosen = self._diversified(candidates, final, k, SESSION_REPEAT_PENALTY if plan.asks_many else 0.0)
+        chosen = diversified(self, candidates, final, k, SESSION_REPEAT_PENALTY if plan.asks_many else 0.0)
         return [Ranked(self.ids[candidates[i]], score, int(candidates[i])) for i, score in chosen]
-
-    def _diversified(
-        self, candidates: np.ndarray, final: np.ndarray, k: int, penalty: float
-    ) -> list[tuple[int, float]]:
-        """Positions and scores of the k best, each losing `penalty` per better memory of its
-        session already taken (the score says so: callers merging hits sort by it)."""
-        order = np.argsort(-final)
-        if not penalty:
-            return [(int(i), float(final[i])) for i in order[:k]]
-        sessions = self.session[candidates].tolist()
-        taken: list[tuple[int, float]] = []
-        per_session: Counter[int] = Counter()
-        pending = [int(i) for i in order[: 4 * k + 20]]
-        while pending and len(taken) < k:
-            best = max(pending, key=lambda i: final[i] - penalty * per_session[sessions[i]])
-            pending.remove(best)
-            # Never above an earlier pick: the scores stay in the order chosen.
-            score = float(final[best]) - penalty * per_session[sessions[best]]
-            taken.append((best, min(score, taken[-1][1]) if taken else score))
-            per_session[sessions[best]] += 1
-        return taken
 
     def _author_terms(self, plan: QueryPlan) -> set[str]:
         return {term for name in plan.named_authors for term in tokenize(name)}

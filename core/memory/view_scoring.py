@@ -5,15 +5,25 @@ a candidate's session. Functions of the view's arrays, kept apart so the view re
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Collection
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
-from core.memory.lexical import bm25, idf, tokenize
+from core.memory.lexical import Postings, bm25, idf, tokenize
 
-if TYPE_CHECKING:
-    from core.memory.scope_view import ScopeView
+
+class ScopeView(Protocol):
+    """What scoring reads of a scope view (core/memory/scope_view.py), per item slot."""
+
+    alive: np.ndarray
+    prev: np.ndarray
+    next: np.ndarray
+    session: np.ndarray
+    length: np.ndarray
+    alive_count: int
+    postings: Postings
 
 
 def lexical_scores(view: ScopeView, text: str, n: int, ignored: Collection[str] = ()) -> tuple[np.ndarray, np.ndarray]:
@@ -86,3 +96,25 @@ def session_strength(view: ScopeView, candidates: np.ndarray, score: np.ndarray)
         if len(top) < 3:
             top.append(value)
     return np.array([sum(best[s]) / 3 for s in sessions.tolist()], dtype=np.float32)
+
+
+def diversified(
+    view: ScopeView, candidates: np.ndarray, final: np.ndarray, k: int, penalty: float
+) -> list[tuple[int, float]]:
+    """Positions and scores of the k best, each losing `penalty` per better memory of its
+    session already taken (the score says so: callers merging hits sort by it)."""
+    order = np.argsort(-final)
+    if not penalty:
+        return [(int(i), float(final[i])) for i in order[:k]]
+    sessions = view.session[candidates].tolist()
+    taken: list[tuple[int, float]] = []
+    per_session: Counter[int] = Counter()
+    pending = [int(i) for i in order[: 4 * k + 20]]
+    while pending and len(taken) < k:
+        best = max(pending, key=lambda i: final[i] - penalty * per_session[sessions[i]])
+        pending.remove(best)
+        # Never above an earlier pick: the scores stay in the order chosen.
+        score = float(final[best]) - penalty * per_session[sessions[best]]
+        taken.append((best, min(score, taken[-1][1]) if taken else score))
+        per_session[sessions[best]] += 1
+    return taken
