@@ -186,13 +186,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600.0, help="bound for the whole run, seconds")
     parser.add_argument("--local-embeddings", action="store_true",
                         help="the bundled MiniLM on the CPU (default: the loopback model's embeddings)")
+    parser.add_argument("--standalone", action="store_true",
+                        help="MongoDB without change streams (waiting turns polled); default: a "
+                             "single-node replica set, whose change streams wake waiting turns")
     args = parser.parse_args(argv)
     if args.conversations * args.messages > 5000:
         parser.error("at most 5000 messages per run")
 
     root = Path(tempfile.mkdtemp(prefix="mnemo-load-"))
     print(f"cluster under {root}", flush=True)
-    stores = StoreServers(root / "stores")
+    stores = StoreServers(root / "stores", standalone=args.standalone)
     fake, llm = FakeSlack().start(), FakeLLM().start()
     extra = {**slack_env(fake), **llm.env(), "MNEMO_LOG_LEVEL": "WARNING"}
     if not args.local_embeddings:

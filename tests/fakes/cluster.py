@@ -1,8 +1,9 @@
 """A production-shaped cluster on loopback: MongoDB and Chroma as their own server processes,
 and any number of `mnemo run` workers (subprocesses configured by environment only) behind them.
 
-MongoDB is SecantusDB run as a standalone daemon (`python -m secantus`), which speaks the real
-wire protocol; set MNEMO_TEST_MONGODB_URI to use a real mongod instead. Chroma is the chromadb
+MongoDB is SecantusDB run as a daemon (`python -m secantus`), which speaks the real wire protocol:
+standalone by default, or (standalone=False) advertised as a single-node replica set, which has
+change streams; set MNEMO_TEST_MONGODB_URI to use a real mongod instead. Chroma is the chromadb
 package's own server (`chroma run`). Used by tests/test_deploy.py and bench/load.py.
 """
 
@@ -77,7 +78,7 @@ class Daemon:
         self.name = name
         self.port = port
         self.log_path = log_dir / f"{name}.log"
-        self._log = open(self.log_path, "wb")
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - open while the daemon runs
         self.proc = subprocess.Popen(
             argv, stdout=self._log, stderr=subprocess.STDOUT, env=env or os.environ.copy(), cwd=str(log_dir)
         )
@@ -104,7 +105,7 @@ class Daemon:
 class StoreServers:
     """MongoDB (SecantusDB daemon, or MNEMO_TEST_MONGODB_URI) and a Chroma server."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, standalone: bool = True) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.daemons: list[Daemon] = []
@@ -114,7 +115,8 @@ class StoreServers:
             self.daemons.append(
                 Daemon(
                     "secantus",
-                    [sys.executable, "-m", "secantus", "--standalone", "--host", "127.0.0.1", "--port", str(port),
+                    [sys.executable, "-m", "secantus", *(["--standalone"] if standalone else []),
+                     "--host", "127.0.0.1", "--port", str(port),
                      "--storage-path", str(root / "mongo"), "--log-level", "WARNING"],
                     port, root,
                 )
@@ -176,7 +178,7 @@ class Worker:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Worker:
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - open while the worker runs
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bot.cli", "run"], stdout=self._log, stderr=subprocess.STDOUT,
             env=self.env, cwd=str(REPO),
