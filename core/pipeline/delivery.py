@@ -33,7 +33,9 @@ class Delivery:
 
     async def deliver(
         self, message: Message, doc: dict[str, Any], platform: Platform, reply: Reply, state: str = DONE
-    ) -> None:
+    ) -> bool:
+        """Send `reply` and finish the message in `state` (FAILED when nothing could be sent).
+        False when this worker did not finish it (another one adopted it)."""
         s = self.services
         live = streaming.take_live(message)
         fence = fence_for(s, message)
@@ -47,7 +49,7 @@ class Delivery:
         except outbound.Fenced:
             # This worker stalled past its lease and another adopted the message.
             log.warning("message %s was adopted by another worker; not sending", doc["_id"])
-            return
+            return False
         finally:
             outbound.use_fence(None)
         if live is not None and sent is not None:
@@ -58,8 +60,7 @@ class Delivery:
                 s.metrics.observe("mnemo_stream_first_text_seconds", live.first_visible_s, platform=message.platform)
         if sent is None:
             s.metrics.inc("mnemo_send_failures_total", platform=message.platform)
-            await s.store.finish(doc["_id"], FAILED, owner=s.worker_id, answered=False)
-            return
+            return await s.store.finish(doc["_id"], FAILED, owner=s.worker_id, answered=False)
         s.metrics.inc("mnemo_replies_out_total", platform=message.platform)
         await s.store.insert_reply(
             {
@@ -75,7 +76,7 @@ class Delivery:
                 "sent_ids": sent,
             }
         )
-        await s.store.finish(doc["_id"], state, owner=s.worker_id, answered=True)
+        return await s.store.finish(doc["_id"], state, owner=s.worker_id, answered=True)
 
     async def _send(
         self, message: Message, platform: Platform, reply: Reply, live: streaming.LiveAnswer | None

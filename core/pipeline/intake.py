@@ -141,7 +141,6 @@ class Intake:
             entry = await self.await_turn(conversation_key, entry)
             if entry.stored.result():
                 await self.processor.process(entry.message)
-                await self.processor.after_processing(entry.message)
                 self.services.metrics.observe("mnemo_message_seconds", time.monotonic() - entry.started,
                                               platform=entry.message.platform)
         finally:

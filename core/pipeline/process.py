@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from core import commands, kinds
@@ -35,21 +36,39 @@ GAVE_UP = "I couldn't finish answering this message after several tries. It is s
 WENT_WRONG = "Something went wrong on my side; your message is saved."
 
 
+@dataclass
+class Outcome:
+    """What processing left of a message, known without reading it back: whether its text is
+    withheld (opted out, `memory off`) and whether this worker finished it (done or failed)."""
+
+    withheld: bool = False
+    finished: bool = False
+
+
 class Processor:
     def __init__(self, services: Services, answering: Answering, delivery: Delivery) -> None:
         self.services = services
         self.answering = answering
         self.delivery = delivery
 
-    async def process(self, message: Message) -> None:
+    async def process(self, message: Message) -> Outcome | None:
+        """None when this worker did not process it (no adapter, already finished, or taken
+        by another worker, which then also does what follows processing)."""
+        outcome = await self._process(message)
+        if outcome is not None:
+            await self.after_processing(message, outcome)
+        return outcome
+
+    async def _process(self, message: Message) -> Outcome | None:
         s = self.services
         platform = s.platforms.get(message.platform)
         if platform is None:
             log.error("no adapter registered for %s", message.platform)
-            return
+            return None
         doc = await s.store.claim(message.event_key, s.worker_id)
         if doc is None:
-            return  # finished, or another worker adopted it
+            return None  # finished, or another worker adopted it
+        outcome = Outcome(withheld=bool(doc.get("withheld")))
         # The stored text is the message's text: an edit that arrived while it was queued
         # changed the document, not this in-memory copy of the original event.
         message.text = doc.get("text") or ""
@@ -58,46 +77,46 @@ class Processor:
             # A worker died while sending the answer: it may have arrived. Where the platform
             # cannot tell us what was posted (Telegram), sending it again could answer twice,
             # so the message is failed with a reply instead.
-            await deliver(message, doc, platform, Reply(INTERRUPTED, is_error=True), state=FAILED)
-            return
+            outcome.finished = await deliver(message, doc, platform, Reply(INTERRUPTED, is_error=True), state=FAILED)
+            return outcome
         if doc.get("interrupted_send"):
             message.reply_context["adopted"] = True  # answered whole; the adapter checks what was posted
         if doc["attempts"] > s.config.max_attempts:
             log.warning("message %s failed after %d attempts", doc["_id"], doc["attempts"] - 1)
-            await deliver(message, doc, platform, Reply(GAVE_UP, is_error=True), state=FAILED)
-            return
+            outcome.finished = await deliver(message, doc, platform, Reply(GAVE_UP, is_error=True), state=FAILED)
+            return outcome
         try:
-            reply = await self._work(message, doc, platform)
+            reply = await self._work(message, doc, platform, outcome)
         except MemoryUnavailable as exc:
             log.error("memory index unavailable while answering %s: %s", doc["_id"], exc)
             s.metrics.inc("mnemo_memory_errors_total")
-            await deliver(message, doc, platform, Reply(MEMORY_DOWN, is_error=True), state=FAILED)
-            return
+            outcome.finished = await deliver(message, doc, platform, Reply(MEMORY_DOWN, is_error=True), state=FAILED)
+            return outcome
         except Exception:
             log.exception("processing failed for %s", message.event_key)
-            await deliver(message, doc, platform, Reply(WENT_WRONG, is_error=True), state=FAILED)
-            return
+            outcome.finished = await deliver(message, doc, platform, Reply(WENT_WRONG, is_error=True), state=FAILED)
+            return outcome
         if reply is None:
-            await s.store.finish(doc["_id"], DONE, owner=s.worker_id, answered=False)
+            outcome.finished = await s.store.finish(doc["_id"], DONE, owner=s.worker_id, answered=False)
         else:
-            await deliver(message, doc, platform, reply)
+            outcome.finished = await deliver(message, doc, platform, reply)
+        return outcome
 
-    async def after_processing(self, message: Message) -> None:
+    async def after_processing(self, message: Message, outcome: Outcome) -> None:
         """Withheld speech (opted out, `memory off`) is dropped once answered; the rest may
         teach Mnemo something (learned in the background, never in the reply's path)."""
         s = self.services
-        found = await s.store.processing_outcome(message.event_key)
-        if found is None:
-            return
-        if found.get("withheld"):
-            if found.get("state") in (DONE, FAILED):
-                await s.store.update_message(
-                    found["_id"], {"text": "", "media_text": None, "media_kind": None, "attachments": []}
+        if outcome.withheld:
+            if outcome.finished:
+                await s.store.amend_message(
+                    message.event_key, {"text": "", "media_text": None, "media_kind": None, "attachments": []}
                 )
             return
         s.learner.note(message)
 
-    async def _work(self, message: Message, doc: dict[str, Any], platform: Platform) -> Reply | None:
+    async def _work(
+        self, message: Message, doc: dict[str, Any], platform: Platform, outcome: Outcome
+    ) -> Reply | None:
         s = self.services
         command = commands.parse(message.text)
         kind = doc.get("kind", kinds.TOLD)
@@ -120,7 +139,7 @@ class Processor:
                 {"media_text": "\n".join(m.text for m in media_texts), "media_kind": media_texts[0].kind},
             )
         content = memory_text(message.text, media_texts)
-        remembered = await self._remember(message, doc, settings, content, media_texts)
+        remembered = await self._remember(message, doc, settings, content, media_texts, outcome)
 
         if not self._addressed(message, settings, command):
             return None
@@ -147,13 +166,14 @@ class Processor:
 
     async def _remember(
         self, message: Message, doc: dict[str, Any], settings: ChannelSettings, content: str,
-        media_texts: list[MediaText],
+        media_texts: list[MediaText], outcome: Outcome,
     ) -> bool:
         s = self.services
         user = await s.store.get_user(message.user_key)
         if settings.memory != "on" or bool(user.get("opted_out")):
             # Kept only while answering needs it: never indexed, learned, listed or exported.
             await s.store.update_message(doc["_id"], {"withheld": True})
+            outcome.withheld = True
             return False
         if not (content.strip() and kinds.small_talk_reply(content) is None and doc["remember"]):
             return False
