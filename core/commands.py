@@ -221,12 +221,12 @@ async def _export(core: Services, message: Message, platform: Platform, args: st
         "replies_to_you": [
             {**_exportable(doc), "in_reply_to": ids_by_key.get(doc.get("message_key"))} for doc in replies
         ],
-        "facts": await exportable_facts(core, message.user_key),
+        "facts": (facts := await exportable_facts(core, message.user_key)),
     }
     data = json.dumps(_iso_times(payload), ensure_ascii=False, indent=2, default=str).encode()
     name = f"{export_file_prefix(message)}{now:%Y%m%dT%H%M%SZ}.json"
     return Reply(
-        f"Your data: {len(messages)} messages, {len(replies)} replies and {len(payload['facts'])} learned facts.",
+        f"Your data: {len(messages)} messages, {len(replies)} replies and {len(facts)} learned facts.",
         private=True,
         file=ReplyFile(name, data),
     )
