@@ -84,7 +84,7 @@ def build_adapters(settings: Settings, core: Core) -> list[Adapter]:
         adapters.append(
             TelegramAdapter(
                 core,
-                token=reveal(settings.telegram_bot_token),
+                token=settings.telegram_bot_token.get_secret_value(),
                 api_base=settings.telegram_api_base,
                 webhook_url=settings.telegram_webhook_url,
                 webhook_secret=reveal(settings.telegram_webhook_secret),
@@ -93,14 +93,14 @@ def build_adapters(settings: Settings, core: Core) -> list[Adapter]:
     if settings.discord_bot_token:
         from adapters.discord import DiscordAdapter
 
-        adapters.append(DiscordAdapter(core, token=reveal(settings.discord_bot_token), api_base=settings.discord_api_base))
+        adapters.append(DiscordAdapter(core, token=settings.discord_bot_token.get_secret_value(), api_base=settings.discord_api_base))
     if settings.slack_bot_token:
         from adapters.slack import SlackAdapter
 
         adapters.append(
             SlackAdapter(
                 core,
-                bot_token=reveal(settings.slack_bot_token),
+                bot_token=settings.slack_bot_token.get_secret_value(),
                 app_token=reveal(settings.slack_app_token),
                 signing_secret=reveal(settings.slack_signing_secret),
                 api_base=settings.slack_api_base,

@@ -1,4 +1,4 @@
-"""`mnemo run`, `mnemo chat` and `mnemo doctor` (DESIGN.md's CLI contract)."""
+"""The `mnemo` command: run, chat, import, web, reindex, doctor (DESIGN.md's CLI contract)."""
 
 from __future__ import annotations
 

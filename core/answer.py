@@ -253,7 +253,7 @@ class Answerer:
     def check_configuration(self) -> str | None:
         """At start-up, without a model call: is the model known to litellm and is a key
         there for it? Returns a problem to log, or None."""
-        import litellm
+        litellm = import_litellm()
 
         model = self.config.model
         if not model:

@@ -18,7 +18,7 @@ from core.channel_settings import KEYS, SettingError, describe, valid_values
 from core.errors import MemoryUnavailable
 from core.models import Message, Reply, ReplyFile, Scope, utcnow
 from core.platform import Platform
-from core.profile import exportable_facts, forget_all_facts, forget_fact, profile
+from core.profile import exportable_facts, forget_fact, profile
 from core.render import shorten
 from core.services import Services
 from core.store import Store
@@ -178,11 +178,16 @@ async def _forget(core: Services, message: Message, platform: Platform, args: st
     try:
         if target.lower() == "all":
             count = await core.store.count_memories(message.user_key)
+            # Both deletions are recorded before either starts: a crash in between cannot
+            # leave the facts about this person (learned from others' words) unrecorded.
+            facts = await core.facts.of_user(message.user_key)
+            facts_deletion = await core.store.record_fact_deletion(facts) if facts else None
             # Everything from this person (commands too, but not this /forget) and every reply to them.
             await delete_where(core, {"author_key": message.user_key, "key": {"$ne": message.event_key}},
                                replies_of=message.user_key)
-            facts = await forget_all_facts(core, message.user_key)
-            learned = f" and {facts} learned facts" if facts else ""
+            if facts_deletion is not None:
+                await finish_deletion(core, facts_deletion)
+            learned = f" and {len(facts)} learned facts" if facts else ""
             exports = await asyncio.to_thread(_delete_earlier_exports, core, message)
             also = f" and deleted {exports} earlier export file{'s' if exports != 1 else ''}" if exports else ""
             return Reply(f"Done: I forgot everything from you ({count} messages{learned}){also}.", private=True)
@@ -216,12 +221,12 @@ async def _export(core: Services, message: Message, platform: Platform, args: st
         "replies_to_you": [
             {**_exportable(doc), "in_reply_to": ids_by_key.get(doc.get("message_key"))} for doc in replies
         ],
-        "facts": await exportable_facts(core, message.user_key),
+        "facts": (facts := await exportable_facts(core, message.user_key)),
     }
     data = json.dumps(_iso_times(payload), ensure_ascii=False, indent=2, default=str).encode()
     name = f"{export_file_prefix(message)}{now:%Y%m%dT%H%M%SZ}.json"
     return Reply(
-        f"Your data: {len(messages)} messages, {len(replies)} replies and {len(payload['facts'])} learned facts.",
+        f"Your data: {len(messages)} messages, {len(replies)} replies and {len(facts)} learned facts.",
         private=True,
         file=ReplyFile(name, data),
     )

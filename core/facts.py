@@ -255,7 +255,7 @@ async def arrange(
                 put("message", messages[memory_id])
                 continue
             # Everything learned from this message is history: it is outdated, like its facts.
-            fact = derived[0]
+            fact: dict[str, Any] | None = derived[0]
         else:
             fact = found.get(memory_id)
         if fact is None:

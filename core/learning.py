@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from core.answer import to_datetime
-from core.llm import provider_kwargs
+from core.llm import import_litellm, provider_kwargs
 from core.models import Message
 from core.render import shorten
 from core.services import Services
@@ -218,7 +218,7 @@ class Learner:
         return more
 
     async def _ask_and_apply(self, key: str, told: list[dict[str, Any]]) -> None:
-        import litellm
+        litellm = import_litellm()
 
         scope = told[0]["scope"]
         told = [d for d in told if d["scope"] == scope]  # one conversation, one scope

@@ -92,7 +92,9 @@ class CorePort(Protocol):
     settings: SettingsRepo  # channel settings (the web admin page)
     metrics: Metrics
     platforms: dict[str, Platform]
-    draining: bool
+
+    @property
+    def draining(self) -> bool: ...
 
     def register(self, platform: Platform) -> None: ...
 

@@ -65,10 +65,6 @@ async def forget_fact(core: Core, message: Message, fact_id: str) -> bool:
     return await core.facts.forget(mine) > 0
 
 
-async def forget_all_facts(core: Core, user_key: str) -> int:
-    return await core.facts.forget(await core.facts.of_user(user_key))
-
-
 async def exportable_facts(core: Core, user_key: str) -> list[dict[str, Any]]:
     platform, _, author_id = user_key.partition(":")
     facts = await core.facts.exportable_of(user_key, Scope("dm", platform, author_id))

@@ -38,6 +38,27 @@ async def test_a_fact_forgotten_while_chroma_is_down_is_recorded_and_gone_after_
     assert await restarted.facts.about("test:u1", [scope]) == []
 
 
+async def test_forget_all_while_chroma_is_down_also_records_the_facts_others_told_about_the_person(
+    make_core: Any, data_dir: Path
+) -> None:
+    # Regression: /forget all recorded the messages' deletion, failed on Chroma, and never
+    # recorded the facts about the person learned from other people's words: they stayed.
+    core, platform = await core_with(make_core)
+    await core.handle(msg("I moved to Lisbon last spring", mid="m1"))
+    group = Scope("group", "test", "club")
+    told = await core.facts.add(text="U1 is allergic to peanuts", about="U1", about_key="test:u1",
+                                scope=group.key, conversation_key="test:club", sources=[],
+                                valid_from=datetime.now(UTC))
+    shutil.rmtree(data_dir / "chroma0")
+    await core.handle(msg("/forget all", mid="f1"))
+    reply = platform.sent[-1][1]
+    assert reply.text == FORGET_LATER and reply.is_error
+    restarted = await make_core()
+    assert await restarted.facts.by_ids([told["_id"]], [group]) == {}
+    assert await restarted.facts.about("test:u1", [group, Scope("dm", "test", "u1")]) == []
+    assert await restarted.store.count_memories("test:u1") == 0
+
+
 async def test_the_web_page_says_a_forget_is_unfinished_during_a_chroma_outage(
     served: tuple[Any, str], fake_llm: FakeLLM, make_core: Any, data_dir: Path
 ) -> None:

@@ -593,16 +593,7 @@ def test_mnemo_run_answers_slack_events_in_threads(
     proc = subprocess.Popen(command, env=env, cwd=str(REPO), stdout=log_file, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        def healthy() -> bool:
-            import urllib.request
-
-            try:
-                with urllib.request.urlopen(f"{base}/healthz", timeout=2) as response:
-                    return response.status == 200
-            except OSError:
-                return False
-
-        _wait_sync(healthy, 180, proc)
+        _wait_sync(lambda: _healthy(base), 180, proc)
 
         def send(event: dict[str, Any], secret: str = SECRET, **headers: str) -> int:
             body = json.dumps(event_callback(event))
@@ -671,21 +662,13 @@ def test_a_slash_command_adopted_after_a_crash_is_answered_like_the_original(
     command = [sys.executable, "-m", "bot.cli", "run"]
     base = f"http://127.0.0.1:{port}"
 
-    def healthy() -> bool:
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(f"{base}/healthz", timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
 
     log_path = tmp_path / "mnemo.log"
     with log_path.open("w") as log_file:
         fake_llm.hang = True
         first = subprocess.Popen(command, env=env, cwd=str(REPO), stdout=log_file, stderr=subprocess.STDOUT)
         try:
-            _wait_sync(healthy, 180, first)  # type: ignore[arg-type]
+            _wait_sync(lambda: _healthy(base), 180, first)  # type: ignore[arg-type]
             body = slash_form("ask what is the capital of Portugal?", user=BOB, channel=CHANNEL,
                               response_url=f"{fake_slack.url}/response/9")
             assert _post_sync(f"{base}/slack/events", body,
@@ -709,3 +692,14 @@ def test_a_slash_command_adopted_after_a_crash_is_answered_like_the_original(
     print(log_path.read_text())  # shown by pytest when the test fails
     assert answer.args["channel"] == CHANNEL and not answer.args.get("thread_ts")
     assert answer.args["text"].startswith(f"<@{BOB}> asked: what is the capital of Portugal?")
+
+
+def _healthy(base: str) -> bool:
+    """Whether `mnemo run` at `base` answers /healthz with 200."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{base}/healthz", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False

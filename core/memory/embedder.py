@@ -15,6 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
+from core.llm import import_litellm
 from core.memory import minilm_onnx
 from core.memory.minilm_onnx import OnnxMiniLM
 
@@ -105,7 +106,7 @@ class LiteLLMEmbedder:
         self.api_key = api_key
 
     async def embed(self, texts: list[str]) -> np.ndarray:
-        import litellm
+        litellm = import_litellm()
 
         if not texts:
             return np.zeros((0, 1), dtype=np.float32)
