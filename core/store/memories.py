@@ -25,10 +25,6 @@ class MemoryQueries:
     # What /memory lists: what people told (not questions to Mnemo, commands, failed attachments).
     MEMORIES: ClassVar[dict[str, Any]] = {"kind": {"$nin": NOT_MEMORY}, "remembered": True}
 
-    async def processing_outcome(self, event_key: str) -> dict[str, Any] | None:
-        """What processing left of a message: whether it was withheld, and its state."""
-        return await self.messages.find_one({"key": event_key}, {"withheld": 1, "state": 1})
-
     async def messages_in_scope(self, scope_key: str) -> list[dict[str, Any]]:
         return [doc async for doc in self.messages.find({"scope": scope_key})]
 
