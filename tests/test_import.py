@@ -190,9 +190,13 @@ def test_an_interrupted_import_finishes_on_rerun_with_one_copy_of_each(
                             env=env, cwd=str(REPO), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 180
-        while stored.count_documents({}) == 0 and proc.poll() is None and time.monotonic() < deadline:
+        # Stored one batch and waiting on the next one's embeddings: interrupted right there.
+        while ((stored.count_documents({}) == 0 or fake_llm.embedding_requests < 2)
+               and proc.poll() is None and time.monotonic() < deadline):
             time.sleep(0.05)
         assert proc.poll() is None, "the import finished before it could be interrupted"
+        assert fake_llm.embedding_requests >= 2, "the import never reached its second batch"
+        time.sleep(0.5)  # the first batch's index write (a thread) is done by then
         proc.send_signal(how)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -203,7 +207,7 @@ def test_an_interrupted_import_finishes_on_rerun_with_one_copy_of_each(
     halfway = stored.count_documents({})
     assert 0 < halfway < total and proc.returncode != 0, (halfway, proc.returncode)
     if how == signal.SIGINT:
-        assert proc.returncode == 130 and err.strip().splitlines()[-1].startswith("mnemo import: interrupted"), err
+        assert proc.returncode == 130 and "mnemo import: interrupted; run the same command again" in err, err
 
     rerun = mnemo_import(env, "telegram", str(tmp_path / "export"))
     assert rerun.returncode == 0, rerun.stderr

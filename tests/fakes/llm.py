@@ -132,7 +132,7 @@ class FakeLLM:
         # Embedding requests answered before the rest are held (None: all answered): a bulk
         # import paused mid-way, at a batch boundary, until it is set back to None.
         self.embeddings_before_hold: int | None = None
-        self._embeddings_served = 0
+        self.embedding_requests = 0  # received so far (held ones included)
         self._lock = threading.Lock()
         self._thread = ServerThread(self._app)
 
@@ -286,8 +286,8 @@ class FakeLLM:
         body["_path"] = request.path
         with self._lock:
             self.requests.append(body)
-            self._embeddings_served += 1
-            served = self._embeddings_served
+            self.embedding_requests += 1
+            served = self.embedding_requests
         import asyncio
 
         while self.embeddings_before_hold is not None and served > self.embeddings_before_hold:
