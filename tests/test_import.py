@@ -186,8 +186,15 @@ def test_an_interrupted_import_finishes_on_rerun_with_one_copy_of_each(
     # The model server answers the first batch's embeddings and holds the rest: the import is
     # interrupted mid-way, whatever the machine's speed, with one batch stored and indexed.
     fake_llm.embeddings_before_hold = 1
-    proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "import", "telegram", str(tmp_path / "export")],
-                            env=env, cwd=str(REPO), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # As from a terminal, the import gets SIGINT's default. A suite started in the background of a
+    # script (as CI may be) has SIGINT ignored, and an ignored signal stays ignored across exec; a
+    # handled one is reset to the default there.
+    ignored = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "import", "telegram", str(tmp_path / "export")],
+                                env=env, cwd=str(REPO), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    finally:
+        signal.signal(signal.SIGINT, ignored)
     try:
         deadline = time.monotonic() + 180
         # Stored one batch and waiting on the next one's embeddings: interrupted right there.
