@@ -147,8 +147,8 @@ async def _resume(core: Any, conversations: set[str], outcome: Outcome) -> set[s
     index: a per-chunk `$in` of thousands of keys is far slower). A run killed between storing
     a batch and indexing it left remembered messages missing from the index: they are indexed
     here, from their stored text, under their stored id."""
-    from core.engine import memory_text
     from core.models import Scope
+    from core.pipeline.documents import memory_text
 
     stored: set[str] = set()
     remembered: dict[str, list[str]] = {}  # scope -> ids

@@ -25,11 +25,11 @@ from core.memory.ingest import ingest_history
 from core.memory.rebuild import start_rebuild
 from core.migrations import run_migrations
 from core.models import Message
-from core.pipeline.answering import MODEL_DOWN, Answering
-from core.pipeline.delivery import DELIVERY_ATTEMPTS, Delivery
-from core.pipeline.documents import memory_item, memory_text, message_from_doc, storable
+from core.pipeline.answering import Answering
+from core.pipeline.delivery import Delivery
+from core.pipeline.documents import memory_item
 from core.pipeline.intake import Intake
-from core.pipeline.process import EMPTY, GAVE_UP, INTERRUPTED, MEMORY_DOWN, REREAD, Processor, media_acknowledgement
+from core.pipeline.process import Processor
 from core.pipeline.turns import TurnSignals
 from core.pipeline.upkeep import Upkeep
 from core.pipeline.worker import Worker, every
@@ -37,10 +37,6 @@ from core.platform import Platform
 from core.services import Services
 
 log = logging.getLogger(__name__)
-
-# Re-exported: adapters, the importer and tests name these through the facade.
-__all__ = ["DELIVERY_ATTEMPTS", "EMPTY", "GAVE_UP", "INTERRUPTED", "MEMORY_DOWN", "MODEL_DOWN", "REREAD", "Core",
-           "media_acknowledgement", "memory_text", "message_from_doc", "storable"]
 
 # Series that exist from the start, so dashboards and alerts see zeros rather than gaps.
 _COUNTERS = ("mnemo_messages_in_total", "mnemo_replies_out_total", "mnemo_duplicates_total",

@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
-from core.engine import INTERRUPTED, MODEL_DOWN
 from core.models import utcnow
+from core.pipeline.answering import MODEL_DOWN
+from core.pipeline.process import INTERRUPTED
 from tests.fakes.llm import FakeLLM, grounded_answer, learning_request
 from tests.fakes.telegram import BOT_USERNAME, FakeTelegram, mention_entity, private_chat, supergroup, user
 from tests.test_telegram import Running, eventually

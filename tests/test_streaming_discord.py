@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from adapters.discord.adapter import nonce_for
-from core.engine import INTERRUPTED, MODEL_DOWN
 from core.models import Message, utcnow
+from core.pipeline.answering import MODEL_DOWN
+from core.pipeline.process import INTERRUPTED
 from core.store import SENDING, message_doc
 from tests.fakes.discord import ALICE, BOB, CHANNEL_ID, FakeDiscord, dm_channel_id
 from tests.fakes.llm import FakeLLM

@@ -14,8 +14,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from core.engine import INTERRUPTED, MODEL_DOWN
 from core.models import Message, utcnow
+from core.pipeline.answering import MODEL_DOWN
+from core.pipeline.process import INTERRUPTED
 from core.store import SENDING, message_doc
 from tests.fakes.llm import FakeLLM
 from tests.fakes.slack import FakeSlack, channel_message
