@@ -139,16 +139,18 @@ class FactDocs:
     async def lease_learning(self, conversation_key: str, owner: str, seconds: float) -> bool:
         """Hold the conversation's learning for one pass; False while another worker holds it."""
         now = utcnow()
+        lease = {"$set": {"lease_owner": owner, "lease_until": now + timedelta(seconds=seconds)}}
+        # Two conditional updates rather than one `$or` (which SecantusDB answers with a
+        # collection scan): take a free or expired lease (creating the marker), else renew ours.
         try:
             await self._markers.update_one(
-                {"_id": conversation_key, "$or": [{"lease_until": None}, {"lease_until": {"$lt": now}},
-                                                  {"lease_owner": owner}]},
-                {"$set": {"lease_owner": owner, "lease_until": now + timedelta(seconds=seconds)}},
-                upsert=True,
+                {"_id": conversation_key, "lease_until": {"$not": {"$gte": now}}}, lease, upsert=True
             )
+            return True
         except DuplicateKeyError:
-            return False  # the document exists with another worker's live lease
-        return True
+            pass  # the marker exists with a live lease: ours, or another worker's
+        renewed = await self._markers.update_one({"_id": conversation_key, "lease_owner": owner}, lease)
+        return renewed.matched_count == 1
 
     async def release_learning(self, conversation_key: str, owner: str) -> None:
         await self._markers.update_one(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 
 from core.models import utcnow
@@ -50,19 +50,18 @@ class Leases:
         was read, so two workers never adopt the same message. A message caught mid-send is
         flagged `interrupted_send`: it may have been delivered."""
         now = utcnow()
-        query: dict[str, Any] = {
-            "platform": {"$in": platforms},
-            "state": {"$in": PENDING},
-            "$or": [{"lease_until": {"$lt": now}}, {"owner": {"$nin": sorted(live | {owner})}}],
-        }
+        query: dict[str, Any] = {"state": {"$in": PENDING}, "platform": {"$in": platforms}}
         if conversation_key is not None:
             query["conversation_key"] = conversation_key
-        cursor = self.messages.find(
-            query,
-            {"_id": 1, "state": 1, "owner": 1, "lease_until": 1},
-        ).sort("created_at", ASCENDING).limit(limit)
+        # The pending messages are few; which are stale is decided here, not by an `$or`
+        # in the filter (SecantusDB answers one with a scan of the whole collection).
+        held = sorted(live | {owner})
+        cursor = self.messages.find(query, {"_id": 1, "state": 1, "owner": 1, "lease_until": 1, "created_at": 1})
+        stale = [doc async for doc in cursor
+                 if doc.get("owner") not in held or (doc.get("lease_until") is not None and doc["lease_until"] < now)]
+        stale.sort(key=lambda doc: doc["created_at"])
         adopted = []
-        for found in [doc async for doc in cursor]:
+        for found in stale[:limit]:
             fields: dict[str, Any] = {"owner": owner, "state": RECEIVED, "lease_until": now + lease}
             if found["state"] == SENDING:
                 fields["interrupted_send"] = True

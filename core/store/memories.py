@@ -86,13 +86,22 @@ class MemoryQueries:
         """A conversation's messages stored after `marker` (created_at, message_id), in the
         order they were stored: what learning has not read yet."""
         query: dict[str, Any] = {"conversation_key": conversation_key}
+        after: tuple[Any, str] | None = None
         if marker is not None and marker.get("created_at") is not None:
-            query["$or"] = [
-                {"created_at": {"$gt": marker["created_at"]}},
-                {"created_at": marker["created_at"], "_id": {"$gt": marker["message_id"]}},
-            ]
-        cursor = self.messages.find(query).sort([("created_at", ASCENDING), ("_id", ASCENDING)]).limit(limit)
-        return [doc async for doc in cursor]
+            # A range, not an `$or` (SecantusDB scans the whole collection for one); the
+            # messages stored in the marker's millisecond are sorted out here.
+            after = (marker["created_at"], marker["message_id"])
+            query["created_at"] = {"$gte": after[0]}
+        cursor = self.messages.find(query).sort([("created_at", ASCENDING), ("_id", ASCENDING)])
+        found: list[dict[str, Any]] = []
+        async for doc in cursor:
+            if after is not None and doc["created_at"] == after[0] and doc["_id"] <= after[1]:
+                continue
+            found.append(doc)
+            if len(found) == limit:
+                break
+        await cursor.close()
+        return found
 
     async def finished_conversations(self) -> AsyncIterator[str] | None:
         """The conversation key of every message that becomes done or failed, on any worker,
