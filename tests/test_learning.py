@@ -130,3 +130,17 @@ def test_a_failed_or_malformed_learning_answer_loses_nothing(base_env: dict[str,
 def test_without_a_model_profile_says_learning_needs_one(base_env: dict[str, str]) -> None:
     out = run_chat(["I live in Lima.", "/profile"], base_env, "--user", "hal").stdout
     assert "Learning needs a model" in out
+
+
+def test_questions_alone_start_no_learning_request(base_env: dict[str, str], fake_llm: FakeLLM) -> None:
+    """Learning reads only what people told: a chat of questions costs no learning request,
+    and the questions are not sent along when something is told later."""
+    env = {**base_env, **fake_llm.env()}
+    asked = run_chat(["Where is the nearest pharmacy?", "What time is it in Tokyo?"], env, "--user", "carol")
+    assert asked.returncode == 0, asked.stderr
+    assert len(fake_llm.answer_requests()) == 2
+    assert fake_llm.learning_requests() == []
+    run_chat(["I play the cello in a quartet."], env, "--user", "carol")
+    [request] = fake_llm.learning_requests()
+    sent = request["messages"][-1]["content"]
+    assert "cello" in sent and "pharmacy" not in sent and "Tokyo" not in sent, sent

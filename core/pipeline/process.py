@@ -39,9 +39,11 @@ WENT_WRONG = "Something went wrong on my side; your message is saved."
 @dataclass
 class Outcome:
     """What processing left of a message, known without reading it back: whether its text is
-    withheld (opted out, `memory off`) and whether this worker finished it (done or failed)."""
+    withheld (opted out, `memory off`), whether it became a memory, and whether this worker
+    finished it (done or failed)."""
 
     withheld: bool = False
+    remembered: bool = False
     finished: bool = False
 
 
@@ -103,8 +105,10 @@ class Processor:
         return outcome
 
     async def after_processing(self, message: Message, outcome: Outcome) -> None:
-        """Withheld speech (opted out, `memory off`) is dropped once answered; the rest may
-        teach Mnemo something (learned in the background, never in the reply's path)."""
+        """Withheld speech (opted out, `memory off`) is dropped once answered; what became a
+        memory may teach Mnemo something (learned in the background, never in the reply's
+        path). Questions, commands and small talk start no learning pass of their own: a pass
+        reads only memories, and a later one still reads past them."""
         s = self.services
         if outcome.withheld:
             if outcome.finished:
@@ -112,7 +116,8 @@ class Processor:
                     message.event_key, {"text": "", "media_text": None, "media_kind": None, "attachments": []}
                 )
             return
-        s.learner.note(message)
+        if outcome.remembered:
+            s.learner.note(message)
 
     async def _work(
         self, message: Message, doc: dict[str, Any], platform: Platform, outcome: Outcome
@@ -180,6 +185,7 @@ class Processor:
         try:
             await s.index.add([memory_item(doc, content, media_texts)])
             await s.store.update_message(doc["_id"], {"remembered": True})
+            outcome.remembered = True
             return True
         except MemoryUnavailable as exc:
             # Stored, not yet indexed: `index_pending` has it indexed when Chroma is back.
