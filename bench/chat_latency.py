@@ -3,7 +3,11 @@
 Runs the real CLI as a subprocess against a loopback OpenAI-compatible model server
 (tests/fakes/llm.py) on the embedded stores, writing one line at a time and timing each reply.
 
-    .venv/bin/python bench/chat_latency.py [--messages 60]
+    .venv/bin/python bench/chat_latency.py [--messages 60] [--history 20000]
+
+`--history N` first imports a synthetic N-message Telegram group (bench/import.py's export,
+through `mnemo import`'s own path) into the data dir of the per-message run, so the figures
+show whether a message's cost grows with what is already stored.
 
 Progress on stderr; the last stdout line is a JSON object with the figures.
 """
@@ -11,6 +15,7 @@ Progress on stderr; the last stdout line is a JSON object with the figures.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import resource
@@ -20,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -55,7 +61,24 @@ def cold_start(env: dict[str, str]) -> float:
     return elapsed
 
 
-async def per_message(env: dict[str, str], count: int) -> list[float]:
+async def import_history(core: Any, settings: Any, count: int, folder: Path) -> None:
+    """`count` messages of another conversation, stored and indexed as `mnemo import` does."""
+    import importlib.util
+
+    from bot.importer import import_history as run_import
+    from bot.importer import parse
+
+    spec = importlib.util.spec_from_file_location("bench_import", REPO / "bench" / "import.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    export = module.write_export(folder, count)
+    history = await asyncio.to_thread(parse, "telegram", export)
+    outcome = await run_import(core, settings, "telegram", history, sys.stderr)
+    assert outcome.imported == count, outcome.summary()
+
+
+async def per_message(env: dict[str, str], count: int, history: int = 0) -> list[float]:
     """In-process: the real console adapter and pipeline, timing each message to its reply."""
     import io
 
@@ -65,7 +88,11 @@ async def per_message(env: dict[str, str], count: int) -> list[float]:
 
     os.environ.update(env)
     latencies: list[float] = []
-    async with open_core(load_settings(), background=False) as core:
+    settings = load_settings()
+    async with open_core(settings, background=False) as core:
+        if history:
+            print(f"importing a {history:,}-message history first ...", file=sys.stderr)
+            await import_history(core, settings, history, Path(env["MNEMO_DATA_DIR"]).parent)
         console = ConsoleAdapter(core, user="bench", out=io.StringIO())
         core.register(console)
         for i in range(count):
@@ -80,10 +107,9 @@ async def per_message(env: dict[str, str], count: int) -> list[float]:
 
 
 def main() -> None:
-    import asyncio
-
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=60)
+    parser.add_argument("--history", type=int, default=0, help="messages imported before timing (default none)")
     args = parser.parse_args()
     llm = FakeLLM().start()
     with tempfile.TemporaryDirectory() as data_dir:
@@ -94,13 +120,14 @@ def main() -> None:
         cold = cold_start(env)
         child_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         latencies = asyncio.run(per_message({**env, "MNEMO_DATA_DIR": os.path.join(data_dir, "inproc")},
-                                            args.messages))
+                                            args.messages, args.history))
     llm.stop()
     result = {
         "cold_start_to_first_reply_s": round(cold, 2),
         "latency_p50_ms": round(1000 * statistics.median(latencies), 1),
         "latency_p95_ms": round(1000 * percentile(latencies, 0.95), 1),
         "messages": args.messages,
+        "history": args.history,
         "peak_rss_mb_cli": round(child_rss_mb, 1),
         "peak_rss_mb_inprocess": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }

@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 
 from core.models import utcnow
@@ -65,12 +64,14 @@ class Leases:
             fields: dict[str, Any] = {"owner": owner, "state": RECEIVED, "lease_until": now + lease}
             if found["state"] == SENDING:
                 fields["interrupted_send"] = True
-            doc = await self.messages.find_one_and_update(
+            # An update of the version read, then a read (see Store.claim for why not
+            # find_one_and_update).
+            taken = await self.messages.update_one(
                 {"_id": found["_id"], "state": found["state"], "owner": found.get("owner"),
                  "lease_until": found.get("lease_until")},
                 {"$set": fields},
-                return_document=ReturnDocument.AFTER,
             )
+            doc = await self.messages.find_one({"_id": found["_id"]}) if taken.modified_count == 1 else None
             if doc is not None:
                 adopted.append(doc)
         return adopted

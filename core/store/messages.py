@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
@@ -145,11 +145,12 @@ class Store(Leases, DeletionRecords, MemoryQueries):
     async def claim(self, key: str, owner: str) -> dict[str, Any] | None:
         """Start processing a received message this worker owns. None when it is finished,
         already being processed, or another worker adopted it (see `adopt_stale`)."""
-        return await self.messages.find_one_and_update(
-            {"key": key, "owner": owner, "state": RECEIVED},
-            {"$set": {"state": PROCESSING}, "$inc": {"attempts": 1}},
-            return_document=ReturnDocument.AFTER,
+        # An update then a read, not find_one_and_update: SecantusDB scans the whole
+        # collection for a findAndModify that matches (200 ms at 20,000 messages).
+        claimed = await self.messages.update_one(
+            {"key": key, "owner": owner, "state": RECEIVED}, {"$set": {"state": PROCESSING}, "$inc": {"attempts": 1}}
         )
+        return await self.messages.find_one({"key": key}) if claimed.modified_count == 1 else None
 
     async def mark_sending(self, message_id: str, owner: str) -> bool:
         """Fence before the reply goes out: only the current owner may send it."""
