@@ -137,9 +137,30 @@ async def import_history(core: Any, settings: Settings, platform: str, history: 
         print(f"mnemo import: learning facts from {len(conversations):,} conversations with {learner.model}",
               file=stream, flush=True)
         calls = learner.calls
-        await learner.flush(conversations)
+        await _learn_with_progress(learner, conversations, outcome.imported, stream)
         outcome.learning_requests = learner.calls - calls
     return outcome
+
+
+async def _learn_with_progress(learner: Any, conversations: list[str], total: int, stream: TextIO) -> None:
+    """Learning a long history takes one model request per 40 messages: a bar of its own
+    follows the messages the learner has read (its counter, looked at twice a second)."""
+    bar = ProgressBar(total, label="messages read", stream=stream, prefix="learning")
+    start = learner.messages_read
+
+    async def follow() -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            bar.advance(learner.messages_read - start - bar.done)
+
+    ticker = asyncio.create_task(follow(), name="learning-progress")
+    try:
+        await learner.flush(conversations)
+    finally:
+        ticker.cancel()
+        await asyncio.gather(ticker, return_exceptions=True)
+    bar.advance(learner.messages_read - start - bar.done)
+    bar.finish()
 
 
 async def _resume(core: Any, conversations: set[str], outcome: Outcome) -> set[str]:

@@ -22,9 +22,10 @@ def _duration(seconds: float) -> str:
 
 class ProgressBar:
     def __init__(self, total: int, label: str = "messages", stream: TextIO | None = None,
-                 plain_every_s: float = 5.0) -> None:
+                 plain_every_s: float = 5.0, prefix: str = "import") -> None:
         self.total = max(0, total)
         self.label = label
+        self.prefix = prefix
         self.stream = stream or sys.stderr
         self.done = 0
         self.started = time.monotonic()
@@ -61,7 +62,7 @@ class ProgressBar:
             filled = int(width * (self.done / self.total if self.total else 1.0))
             self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.line(now)}\x1b[K")
         else:
-            self.stream.write(f"import: {self.line(now)}\n")
+            self.stream.write(f"{self.prefix}: {self.line(now)}\n")
         self.stream.flush()
 
     def finish(self) -> None:

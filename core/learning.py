@@ -98,6 +98,7 @@ class Learner:
         self._failures: dict[str, int] = {}
         self._closing = False
         self.calls = 0  # model requests made (benchmarks read these)
+        self.messages_read = 0  # messages passes have read (an import's progress bar follows it)
         self.tokens = 0
 
     @property
@@ -215,6 +216,7 @@ class Learner:
         if told:
             await self._ask_and_apply(key, told)
         await facts.set_marker(key, window[-1])
+        self.messages_read += len(window)
         return more
 
     async def _ask_and_apply(self, key: str, told: list[dict[str, Any]]) -> None:

@@ -6,6 +6,7 @@ import killed halfway then rerun, and malformed exports refused with one clear l
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -121,6 +122,7 @@ def test_telegram_import_is_answered_live_with_links_and_is_idempotent(
     assert "media named but not in the export: 2" in first.stderr
     assert "kept but not remembered: 1 /commands" in first.stderr
     assert "learned from it in 2 model requests" in first.stderr, first.stderr  # the club, and Alice's DM
+    assert re.search(r"^learning: \d+/8 messages read \(\d+%\)", first.stderr, re.MULTILINE), first.stderr
     learning = [r for r in fake_llm.chat_requests() if r.get("tools")]
     assert any("Süßes Gift" in json.dumps(r["messages"], ensure_ascii=False) for r in learning)
     assert "failed: 1" in first.stderr and "message 9 (photo_9.jpg):" in first.stderr, first.stderr
