@@ -87,12 +87,18 @@ async def per_message(env: dict[str, str], count: int, history: int = 0) -> list
     from bot.config import load_settings
 
     os.environ.update(env)
-    latencies: list[float] = []
-    settings = load_settings()
-    async with open_core(settings, background=False) as core:
-        if history:
-            print(f"importing a {history:,}-message history first ...", file=sys.stderr)
+    if history:
+        # Imported without a model: the history is stored and indexed, not learned from
+        # (learning 20,000 messages through the loopback model is not what is measured).
+        model = os.environ.pop("MNEMO_MODEL", None)
+        print(f"importing a {history:,}-message history first ...", file=sys.stderr)
+        settings = load_settings()
+        async with open_core(settings, background=False) as core:
             await import_history(core, settings, history, Path(env["MNEMO_DATA_DIR"]).parent)
+        if model is not None:
+            os.environ["MNEMO_MODEL"] = model
+    latencies: list[float] = []
+    async with open_core(load_settings(), background=False) as core:
         console = ConsoleAdapter(core, user="bench", out=io.StringIO())
         core.register(console)
         for i in range(count):

@@ -7,6 +7,7 @@ application commands) into the text form parsed here. Memory controls answer pri
 from __future__ import annotations
 
 import asyncio
+import difflib
 import glob
 import json
 import re
@@ -84,7 +85,12 @@ def parse(text: str) -> Command | None:
 
 
 def unknown(command: Command) -> Reply:
-    return Reply(f"Unknown command /{command.name}, see /help", is_error=True)
+    """Refused, with the command that was probably meant when the name is a near miss."""
+    text = f"Unknown command /{command.name}, see /help"
+    close = difflib.get_close_matches(command.name, sorted(CONTROL | QUESTION), n=1, cutoff=0.75)
+    if close:
+        text += f" (did you mean /{close[0]}?)"
+    return Reply(text, is_error=True)
 
 
 async def run(core: Services, message: Message, platform: Platform, command: Command) -> Reply:

@@ -102,11 +102,12 @@ def test_an_earlier_question_is_never_cited_and_the_notice_is_said_in_full_once(
 
 
 def test_an_unknown_command_is_refused_and_never_remembered(base_env: dict[str, str]) -> None:
-    result = run_chat(["/foo bar baz", "/Remindme tomorrow", "/memory"], base_env, "--user", "alice")
+    result = run_chat(["/foo bar baz", "/Remindme tomorrow", "/memroy", "/memory"], base_env, "--user", "alice")
     assert result.returncode == 0, result.stderr
     got = replies(result.stdout)
     assert got[:2] == ["Unknown command /foo, see /help", "Unknown command /remindme, see /help"], got
-    assert got[2] == "I don't remember anything from you."
+    assert got[2] == "Unknown command /memroy, see /help (did you mean /memory?)"  # a typo gets a hint
+    assert got[3] == "I don't remember anything from you."
     later = run_chat(["what about foo bar baz?"], base_env, "--user", "alice")
     assert "foo bar baz" not in later.stdout  # never a source
 
