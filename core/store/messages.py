@@ -112,6 +112,10 @@ class Store(Leases, DeletionRecords, MemoryQueries):
         await self.messages.create_index(
             [("conversation_key", ASCENDING), ("state", ASCENDING), ("order_ts", ASCENDING)], name="conv_state_order"
         )
+        # What waits to be indexed (stored while Chroma was down) is looked for at start-up and
+        # every 30 s; usually nothing is, and without this index each look reads every message
+        # (0.9 s at 20,000 messages on SecantusDB). Sparse: only flagged messages are in it.
+        await self.messages.create_index([("index_pending", ASCENDING)], sparse=True, name="index_pending")
         await self.replies.create_index([("message_key", ASCENDING)], name="reply_message")
         await self.replies.create_index([("sent_ids", ASCENDING)], name="reply_sent_ids")
         await self.audit.create_index([("conversation_key", ASCENDING), ("at", DESCENDING)], name="audit_conv")
