@@ -140,8 +140,8 @@ class FactDocs:
         """Hold the conversation's learning for one pass; False while another worker holds it."""
         now = utcnow()
         lease = {"$set": {"lease_owner": owner, "lease_until": now + timedelta(seconds=seconds)}}
-        # Two conditional updates rather than one `$or` (which SecantusDB answers with a
-        # collection scan): take a free or expired lease (creating the marker), else renew ours.
+        # Two conditional updates rather than one `$or` (see "SecantusDB" in
+        # core/store/__init__.py): take a free or expired lease (creating the marker), else renew ours.
         try:
             await self._markers.update_one(
                 {"_id": conversation_key, "lease_until": {"$not": {"$gte": now}}}, lease, upsert=True

@@ -53,8 +53,8 @@ class Leases:
         if conversation_key is not None:
             query["conversation_key"] = conversation_key
         # The pending messages are few; which are stale is decided here, not by an `$or`
-        # in the filter (SecantusDB answers one with a scan of the whole collection).
-        held = sorted(live | {owner})
+        # (see "SecantusDB" in core/store/__init__.py).
+        held = live | {owner}
         cursor = self.messages.find(query, {"_id": 1, "state": 1, "owner": 1, "lease_until": 1, "created_at": 1})
         stale = [doc async for doc in cursor
                  if doc.get("owner") not in held or (doc.get("lease_until") is not None and doc["lease_until"] < now)]
@@ -64,8 +64,7 @@ class Leases:
             fields: dict[str, Any] = {"owner": owner, "state": RECEIVED, "lease_until": now + lease}
             if found["state"] == SENDING:
                 fields["interrupted_send"] = True
-            # An update of the version read, then a read (see Store.claim for why not
-            # find_one_and_update).
+            # An update of the version read, then a read: not findAndModify (same note).
             taken = await self.messages.update_one(
                 {"_id": found["_id"], "state": found["state"], "owner": found.get("owner"),
                  "lease_until": found.get("lease_until")},

@@ -88,7 +88,7 @@ class MemoryQueries:
         query: dict[str, Any] = {"conversation_key": conversation_key}
         after: tuple[Any, str] | None = None
         if marker is not None and marker.get("created_at") is not None:
-            # A range, not an `$or` (SecantusDB scans the whole collection for one); the
+            # A range, not an `$or` (see "SecantusDB" in core/store/__init__.py); the
             # messages stored in the marker's millisecond are sorted out here.
             after = (marker["created_at"], marker["message_id"])
             query["created_at"] = {"$gte": after[0]}

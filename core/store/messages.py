@@ -149,22 +149,15 @@ class Store(Leases, DeletionRecords, MemoryQueries):
     async def claim(self, key: str, owner: str) -> dict[str, Any] | None:
         """Start processing a received message this worker owns. None when it is finished,
         already being processed, or another worker adopted it (see `adopt_stale`)."""
-        # An update then a read, not find_one_and_update: SecantusDB scans the whole
-        # collection for a findAndModify that matches (200 ms at 20,000 messages).
+        # An update then a read, not findAndModify (see "SecantusDB" in core/store/__init__.py).
         claimed = await self.messages.update_one(
             {"key": key, "owner": owner, "state": RECEIVED}, {"$set": {"state": PROCESSING}, "$inc": {"attempts": 1}}
         )
         return await self.messages.find_one({"key": key}) if claimed.modified_count == 1 else None
 
-    async def mark_sending(self, message_id: str, owner: str) -> bool:
-        """Fence before the reply goes out: only the current owner may send it."""
-        result = await self.messages.update_one(
-            {"_id": message_id, "owner": owner, "state": PROCESSING}, {"$set": {"state": SENDING}}
-        )
-        return result.modified_count == 1
-
     async def fence_send(self, key: str, owner: str) -> bool:
-        """`mark_sending` by event key: called right before the first HTTP send of a reply."""
+        """Fence before the reply goes out, right before its first HTTP send: only the current
+        owner may send it (False when another worker adopted the message)."""
         result = await self.messages.update_one(
             {"key": key, "owner": owner, "state": PROCESSING}, {"$set": {"state": SENDING}}
         )
@@ -179,9 +172,8 @@ class Store(Leases, DeletionRecords, MemoryQueries):
         """A message of the conversation that comes before this one (platform timestamp, then
         storing time) and is still pending on some worker, with its `owner` (None when there
         is none): replies keep the conversation's order across workers."""
-        # No `$or` in the filter: SecantusDB's planner scans the whole collection for one
-        # (75 ms at 3,000 messages, growing), while this uses the conversation's pending
-        # index; the handful of pending messages are ordered here.
+        # No `$or` (see "SecantusDB" in core/store/__init__.py): the conversation's pending
+        # index finds its handful of pending messages, ordered here.
         cursor = self.messages.find(
             {"conversation_key": conversation_key, "state": {"$in": PENDING}},
             {"_id": 1, "owner": 1, "key": 1, "order_ts": 1, "created_at": 1},
@@ -228,8 +220,8 @@ class Store(Leases, DeletionRecords, MemoryQueries):
         """The last `limit` turns of `message`'s conversation before it, oldest first: what
         people told and asked (commands left out) and Mnemo's public replies to them, each
         reply right after the message it answers. In a thread, that thread and its root."""
-        # Only equality and a time range in the filter (SecantusDB scans the whole collection
-        # for an `$or`); the kind and thread conditions are applied here, newest first.
+        # Equality and a time range only (see "SecantusDB" in core/store/__init__.py); the
+        # kind and thread conditions are applied here, newest first.
         query = {"conversation_key": message.conversation_key,
                  "ts": {"$gte": message.ts - RECENT_TURNS_WINDOW, "$lte": message.ts}}
         cursor = self.messages.find(query).sort("ts", DESCENDING).batch_size(4 * limit)
