@@ -63,16 +63,13 @@ def cold_start(env: dict[str, str]) -> float:
 
 async def import_history(core: Any, settings: Any, count: int, folder: Path) -> None:
     """`count` messages of another conversation, stored and indexed as `mnemo import` does."""
-    import importlib.util
+    import importlib
 
     from bot.importer import import_history as run_import
     from bot.importer import parse
 
-    spec = importlib.util.spec_from_file_location("bench_import", REPO / "bench" / "import.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    export = module.write_export(folder, count)
+    # `import` is a keyword, so bench/import.py is imported by name.
+    export = importlib.import_module("bench.import").write_export(folder, count)
     history = await asyncio.to_thread(parse, "telegram", export)
     outcome = await run_import(core, settings, "telegram", history, sys.stderr)
     assert outcome.imported == count, outcome.summary()
