@@ -9,6 +9,7 @@ prefix under a prompt with line editing.
 from __future__ import annotations
 
 import asyncio
+import io
 import mimetypes
 import os
 import shlex
@@ -178,7 +179,8 @@ def attach_arguments(rest: str) -> tuple[Path | None, str]:
         candidate = Path(" ".join(words[:cut])).expanduser()
         if " " in candidate.name and candidate.is_file():
             return candidate, " ".join(words[cut:]).strip()
-    lexer = shlex.shlex(rest, posix=True)
+    stream = io.StringIO(rest)
+    lexer = shlex.shlex(stream, posix=True)
     lexer.whitespace_split = True
     lexer.commenters = ""
     try:
@@ -186,5 +188,5 @@ def attach_arguments(rest: str) -> tuple[Path | None, str]:
     except ValueError:  # an unclosed quote: take the first word as it is
         path = words[0]
         return Path(path).expanduser(), rest[len(path):].strip()
-    caption = lexer.instream.read().strip()
+    caption = stream.read().strip()  # what the lexer has not read: the rest, quotes and all
     return (Path(path).expanduser(), caption) if path else (None, "")

@@ -7,6 +7,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from bot.config import Settings, reveal
 from bot.http import HttpServer, build_http_app
@@ -157,7 +158,7 @@ async def run_platforms(settings: Settings) -> int:
         return exit_code
 
 
-async def shut_down(adapters: list[Adapter], tasks: set[asyncio.Task[None]], core: Core, http: HttpServer,
+async def shut_down(adapters: list[Adapter], tasks: set[asyncio.Task[Any]], core: Core, http: HttpServer,
                     drain_seconds: float) -> None:
     """Stop intake on every adapter at once, drain the core (in-flight replies still go out;
     the rest is handed back to another worker), then close every adapter at once: all within

@@ -23,7 +23,7 @@ def operator_name() -> str:
 async def run_web(settings: Settings, port: int) -> int:
     from adapters.web import WebAdapter
     from bot.app import open_core
-    from core.web_links import LINK_TTL, create_link
+    from core.web_links import LINK_TTL
 
     local_url = f"http://{HOST}:{port}"
     if not settings.public_url:
@@ -42,8 +42,9 @@ async def run_web(settings: Settings, port: int) -> int:
                   file=sys.stderr)
             return 1
         name = operator_name()
-        link = await create_link(core, "web", name, name, operator=True, dm_conversation=f"web:dm-{name}",
-                                 base_url=local_url)
+        link = await core.web_logins.create_link(
+            "web", name, name, operator=True, dm_conversation=f"web:dm-{name}", base_url=local_url
+        )
         minutes = int(LINK_TTL.total_seconds() // 60)
         print(f"Mnemo web is running on {local_url}/\n"
               f"Log in (one-time link, valid for {minutes} minutes): {link}", file=sys.stderr, flush=True)

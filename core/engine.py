@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from core import llm
+from core import commands, llm
 from core.answer import Source
 from core.errors import MemoryUnavailable
 from core.media import MediaText
@@ -24,7 +24,7 @@ from core.memory.index import MemoryItem
 from core.memory.ingest import ingest_history
 from core.memory.rebuild import start_rebuild
 from core.migrations import run_migrations
-from core.models import Message
+from core.models import Message, Reply
 from core.pipeline.answering import Answering
 from core.pipeline.delivery import Delivery
 from core.pipeline.documents import memory_item
@@ -35,6 +35,7 @@ from core.pipeline.upkeep import Upkeep
 from core.pipeline.worker import Worker, every
 from core.platform import Platform
 from core.services import Services
+from core.web_links import WebLogins
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class Core:
         self.intake = Intake(services, self.processor, self.worker, self.turns)
         self.worker.enqueue = self.intake.enqueue
         self.upkeep = Upkeep(services)
+        self.web_logins = WebLogins(services)
         self._loops: list[asyncio.Task[Any]] = []  # loops that take work: stopped first when draining
 
     @property
@@ -109,6 +111,10 @@ class Core:
     def pending_jobs(self) -> int:
         """Jobs queued or running (replies in flight): adapters wait on it before closing."""
         return self.runner.pending
+
+    async def run_command(self, message: Message, platform: Platform, name: str, args: str = "") -> Reply:
+        """Run a command for `message` at once, without storing it (the web pages' buttons)."""
+        return await commands.run(self.services, message, platform, commands.Command(name, args))
 
     def run_in_conversation(self, conversation_key: str, job: Any) -> None:
         """Run `job` (an async callable) after the conversation's queued work, owned and

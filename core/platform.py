@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from core.channel_settings import SettingsRepo
     from core.config import CoreConfig
     from core.metrics import Metrics
+    from core.web_links import WebLogins
 
 # (HTTP method, path, aiohttp handler) served on the one HTTP server.
 Route = tuple[str, str, Any]
@@ -122,6 +123,15 @@ class CorePort(Protocol):
     @property
     def dashboard(self) -> Any:
         """The web pages' read-only, scoped queries."""
+        ...
+
+    @property
+    def web_logins(self) -> WebLogins:
+        """The dashboard's one-time links and sessions (core.web_links)."""
+        ...
+
+    async def run_command(self, message: Message, platform: Platform, name: str, args: str = "") -> Reply:
+        """Run a command for `message` at once, without storing it (the web pages' buttons)."""
         ...
 
     async def health(self) -> dict[str, str]:

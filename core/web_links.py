@@ -59,50 +59,57 @@ class WebSession:
         return Scope("dm", self.platform, self.author_id)
 
 
-async def create_link(
-    core: Core, platform: str, author_id: str, name: str, *, operator: bool = False,
-    admin_of: list[str] | None = None, dm_conversation: str | None = None, base_url: str | None = None,
-) -> str:
-    """A one-time login URL for this person (stored hashed)."""
-    token = secrets.token_urlsafe(32)
-    now = utcnow()
-    await core.store.web.insert_link({
-        "_id": token_hash(token), "platform": platform, "author_id": author_id, "name": name,
-        "operator": operator, "admin_of": sorted(set(admin_of or [])), "dm_conversation": dm_conversation,
-        "created_at": now,
-        "expires_at": now + LINK_TTL, "used_at": None,
-    })
-    base = (base_url or core.config.public_url or "").rstrip("/")
-    return f"{base}/login?token={token}"
+class WebLogins:
+    """The dashboard's logins over the store: what the web pages (through CorePort) and
+    /dashboard use. Bound to the services; holds no state of its own."""
 
+    def __init__(self, core: Core) -> None:
+        self.core = core
 
-async def redeem_link(core: Core, token: str) -> tuple[str, WebSession] | None:
-    """Use a link: returns (session cookie value, session), or None when the link is unknown,
-    expired or already used. One atomic update, so two workers never both accept it."""
-    link = await core.store.web.redeem_link(token_hash(token))
-    if link is None:
-        return None
-    now = utcnow()
-    cookie = secrets.token_urlsafe(32)
-    doc = {
-        "_id": token_hash(cookie), "platform": link["platform"], "author_id": link["author_id"],
-        "name": link["name"], "operator": bool(link.get("operator")), "admin_of": link.get("admin_of") or [],
-        "dm_conversation": link.get("dm_conversation"),
-        "csrf": secrets.token_urlsafe(24), "created_at": now, "expires_at": now + SESSION_TTL,
-    }
-    await core.store.web.insert_session(doc)
-    return cookie, _session(doc)
+    async def create_link(
+        self, platform: str, author_id: str, name: str, *, operator: bool = False,
+        admin_of: list[str] | None = None, dm_conversation: str | None = None, base_url: str | None = None,
+    ) -> str:
+        """A one-time login URL for this person (stored hashed)."""
+        token = secrets.token_urlsafe(32)
+        now = utcnow()
+        await self.core.store.web.insert_link({
+            "_id": token_hash(token), "platform": platform, "author_id": author_id, "name": name,
+            "operator": operator, "admin_of": sorted(set(admin_of or [])), "dm_conversation": dm_conversation,
+            "created_at": now,
+            "expires_at": now + LINK_TTL, "used_at": None,
+        })
+        base = (base_url or self.core.config.public_url or "").rstrip("/")
+        return f"{base}/login?token={token}"
 
+    async def redeem(self, token: str) -> tuple[str, WebSession] | None:
+        """Use a link: returns (session cookie value, session), or None when the link is unknown,
+        expired or already used. One atomic update, so two workers never both accept it."""
+        link = await self.core.store.web.redeem_link(token_hash(token))
+        if link is None:
+            return None
+        now = utcnow()
+        cookie = secrets.token_urlsafe(32)
+        doc = {
+            "_id": token_hash(cookie), "platform": link["platform"], "author_id": link["author_id"],
+            "name": link["name"], "operator": bool(link.get("operator")), "admin_of": link.get("admin_of") or [],
+            "dm_conversation": link.get("dm_conversation"),
+            "csrf": secrets.token_urlsafe(24), "created_at": now, "expires_at": now + SESSION_TTL,
+        }
+        await self.core.store.web.insert_session(doc)
+        return cookie, _session(doc)
 
-async def find_session(core: Core, cookie: str | None) -> WebSession | None:
-    if not cookie:
-        return None
-    doc = await core.store.web.live_session(token_hash(cookie))
-    return _session(doc) if doc else None
+    async def find_session(self, cookie: str | None) -> WebSession | None:
+        if not cookie:
+            return None
+        doc = await self.core.store.web.live_session(token_hash(cookie))
+        return _session(doc) if doc else None
 
+    async def end_session(self, session: WebSession) -> None:
+        await self.core.store.web.end_session(session.id_hash)
 
-async def end_session(core: Core, session: WebSession) -> None:
-    await core.store.web.end_session(session.id_hash)
+    async def ensure_indexes(self) -> None:
+        await self.core.store.web.ensure_indexes()
 
 
 def _session(doc: dict[str, Any]) -> WebSession:
@@ -132,15 +139,13 @@ async def dashboard_reply(core: Core, message: Message, platform: Platform) -> R
     operator = message.platform == "web" and await platform.is_admin(message)
     admin_of = await admin_channels(core, message, platform)
     # Their DM is theirs to administer (as /settings in a DM already allows).
-    url = await create_link(core, message.platform, message.author_id, message.author_name, operator=operator,
-                            admin_of=admin_of, dm_conversation=message.conversation_key if message.is_dm else None)
+    url = await WebLogins(core).create_link(
+        message.platform, message.author_id, message.author_name, operator=operator, admin_of=admin_of,
+        dm_conversation=message.conversation_key if message.is_dm else None,
+    )
     minutes = int(LINK_TTL.total_seconds() // 60)
     return Reply(
         f"Your dashboard: {url}\nThe link works once, for {minutes} minutes, and only for you: "
         "don't share it.",
         private=True,
     )
-
-
-async def ensure_indexes(core: Core) -> None:
-    await core.store.web.ensure_indexes()

@@ -62,7 +62,6 @@ async def test_forget_all_while_chroma_is_down_also_records_the_facts_others_tol
 async def test_the_web_page_says_a_forget_is_unfinished_during_a_chroma_outage(
     served: tuple[Any, str], fake_llm: FakeLLM, make_core: Any, data_dir: Path
 ) -> None:
-    from core.web_links import create_link
 
     core, base = served
     said = Message(platform="web", conversation_id="dm-sam", message_id="h1", author_id="sam", author_name="sam",
@@ -70,7 +69,7 @@ async def test_the_web_page_says_a_forget_is_unfinished_during_a_chroma_outage(
     assert await core.ingest_history([(said, [])]) == 1
     browser = Browser()
     try:
-        await browser.get(await create_link(core, "web", "sam", "sam", dm_conversation="web:dm-sam"))
+        await browser.get(await core.web_logins.create_link("web", "sam", "sam", dm_conversation="web:dm-sam"))
         page = await browser.get(f"{base}/me")
         memory_id = page.split('name="id" value="')[1].split('"')[0]
         shutil.rmtree(data_dir / "chroma0")

@@ -299,10 +299,10 @@ async def test_links_are_stored_hashed_and_refused_after_15_minutes(served: tupl
     from datetime import timedelta
 
     from core.models import utcnow
-    from core.web_links import create_link, token_hash
+    from core.web_links import token_hash
 
     core, _ = served
-    fresh, stale = [await create_link(core, "web", "sam", "sam") for _ in range(2)]
+    fresh, stale = [await core.web_logins.create_link("web", "sam", "sam") for _ in range(2)]
     links = core.store.db["web_links"]
     for url in (fresh, stale):
         token = url.split("token=", 1)[1]
@@ -327,7 +327,6 @@ async def test_people_page_pages_searches_and_forgets_several_or_all(served: tup
     from datetime import timedelta
 
     from core.models import Message
-    from core.web_links import create_link
 
     core, base = served
     start = datetime(2026, 3, 1, tzinfo=UTC)
@@ -340,7 +339,7 @@ async def test_people_page_pages_searches_and_forgets_several_or_all(served: tup
     assert await core.ingest_history([(m, []) for m in said]) == 25
     browser = Browser()
     try:
-        await browser.get(await create_link(core, "web", "sam", "sam", dm_conversation="web:dm-sam"))
+        await browser.get(await core.web_logins.create_link("web", "sam", "sam", dm_conversation="web:dm-sam"))
         first = await browser.get(f"{base}/me")
         assert "(25)" in first and first.count('name="id"') == 20 and "Page 1 of 2" in first
         assert "Note 24" in first and "Note 04" not in first  # newest first

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from typing import Any
 
 from slack_sdk.errors import SlackApiError
@@ -98,9 +99,9 @@ class ReplySender:
                 done.setdefault(f"text{index}", f"adopted:{ts}")
         for index, chunk in enumerate(chunks):
             if ephemeral:
-                await self._step(done, f"text{index}", lambda c=chunk: self._post_ephemeral(message, c))
+                await self._step(done, f"text{index}", partial(self._post_ephemeral, message, chunk))
             else:
-                await self._step(done, f"text{index}", lambda c=chunk, i=index: self.post(message, c, i))
+                await self._step(done, f"text{index}", partial(self.post, message, chunk, index))
             posted = done[f"text{index}"]
             if posted.startswith("adopted:"):
                 ts = posted.removeprefix("adopted:")

@@ -12,6 +12,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from io import BytesIO
 from pathlib import Path
 
@@ -68,13 +69,16 @@ class Receiver:
         self.me: BotIdentity | None = None
         self._seen_updates: OrderedDict[int, None] = OrderedDict()
 
+    async def _next_updates(self, offset: int | None) -> list[Update]:
+        fetch = self.bot.get_updates(offset=offset, timeout=self.poll_timeout_s, allowed_updates=ALLOWED_UPDATES)
+        return await until_stopped(fetch, self.stopping)
+
     async def poll(self) -> None:
         offset: int | None = None
         while not self.stopping.is_set():
             try:
                 updates = await retry(
-                    lambda offset=offset: until_stopped(self.bot.get_updates(
-                        offset=offset, timeout=self.poll_timeout_s, allowed_updates=ALLOWED_UPDATES), self.stopping),
+                    partial(self._next_updates, offset),
                     what="Telegram: getUpdates failed", logger=log, stopping=self.stopping,
                     transient=lambda exc: isinstance(exc, TelegramAPIError)
                     and not isinstance(exc, TelegramUnauthorizedError),

@@ -17,9 +17,9 @@ from aiohttp import web
 from adapters.web import admin, chat, people
 from adapters.web.auth import guard_get, guard_post, login_route, logout_handler, session_of
 from adapters.web.html import error_page, page, secure
-from core.engine import Core
 from core.models import Message, PlatformLimits, Reply
-from core.web_links import WebSession, ensure_indexes
+from core.platform import CorePort
+from core.web_links import WebSession
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class WebAdapter:
     name = "web"
     limits = PlatformLimits(max_message_chars=100_000)
 
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: CorePort) -> None:
         self.core = core
         self.errors = admin.RecentErrors()
         self._stopped = asyncio.Event()
@@ -67,7 +67,7 @@ class WebAdapter:
         await self.close()
 
     async def ensure_indexes(self) -> None:
-        await ensure_indexes(self.core)
+        await self.core.web_logins.ensure_indexes()
 
     # -- HTTP ---------------------------------------------------------------------------
 

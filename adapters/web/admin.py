@@ -18,7 +18,7 @@ from core.channel_settings import CHOICES, KEYS, SettingError, normalize, valid_
 from core.web_links import WebSession
 
 if TYPE_CHECKING:
-    from core.engine import Core
+    from core.platform import CorePort
 
 AUDIT_ROWS = 50
 
@@ -38,7 +38,7 @@ class RecentErrors(logging.Handler):
             self.handleError(record)
 
 
-async def channels_of(core: Core, session: WebSession) -> list[str]:
+async def channels_of(core: CorePort, session: WebSession) -> list[str]:
     keys = set(session.admin_of)
     if session.dm_conversation:
         keys.add(session.dm_conversation)
@@ -48,7 +48,7 @@ async def channels_of(core: Core, session: WebSession) -> list[str]:
     return sorted(keys)
 
 
-async def admin_page(core: Core, session: WebSession, errors: RecentErrors, message: str | None = None,
+async def admin_page(core: CorePort, session: WebSession, errors: RecentErrors, message: str | None = None,
                      error: bool = False, rejected: Any = None) -> web.Response:
     """`rejected`: a form that failed validation, shown again as typed so it can be corrected."""
     channels = await channels_of(core, session)
@@ -71,7 +71,7 @@ async def admin_page(core: Core, session: WebSession, errors: RecentErrors, mess
     return page("Channels", body, session, current="/admin")
 
 
-async def _channel_form(core: Core, session: WebSession, key: str, title: str | None, typed: Any) -> str:
+async def _channel_form(core: CorePort, session: WebSession, key: str, title: str | None, typed: Any) -> str:
     current = await core.settings.get(key)
     rows = []
     for name in KEYS:
@@ -98,7 +98,7 @@ async def _channel_form(core: Core, session: WebSession, key: str, title: str | 
     )
 
 
-async def _audit(core: Core, channels: list[str]) -> str:
+async def _audit(core: CorePort, channels: list[str]) -> str:
     rows = [
         f"<tr><td>{when(doc['at'])}</td><td>{e(doc['conversation_key'])}</td><td>{e(doc['who'])}</td>"
         f"<td>{e(doc['key'])}</td><td>{e(doc['old'] or '(none)')} -&gt; {e(doc['new'] or '(none)')}</td></tr>"
@@ -113,7 +113,7 @@ async def _audit(core: Core, channels: list[str]) -> str:
     )
 
 
-async def save_settings(core: Core, session: WebSession, form: Any) -> tuple[int, str, bool]:
+async def save_settings(core: CorePort, session: WebSession, form: Any) -> tuple[int, str, bool]:
     """Apply the changed settings of one channel. Returns (HTTP status, notice, is_error)."""
     key = str(form.get("conversation", ""))
     if not await may_administer(core, session, key):
@@ -138,7 +138,7 @@ async def save_settings(core: Core, session: WebSession, form: Any) -> tuple[int
     return 200, ("Saved: " + "; ".join(changes)) if changes else "Nothing changed.", False
 
 
-async def _health(core: Core, errors: RecentErrors) -> str:
+async def _health(core: CorePort, errors: RecentErrors) -> str:
     found = await core.health()
     checks = {"MongoDB": found["mongodb"], "Chroma": found["chroma"]}
     checks["Model"] = await _model_status(core)
@@ -156,7 +156,7 @@ async def _health(core: Core, errors: RecentErrors) -> str:
     )
 
 
-async def _model_status(core: Core) -> str:
+async def _model_status(core: CorePort) -> str:
     """Whether the model endpoint answers (an HTTP request to its base, not a paid completion)."""
     model = core.config.model
     if not model:

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from adapters.web.html import error_page, page, secure
-from core.web_links import SESSION_TTL, WebSession, end_session, find_session, redeem_link
+from core.web_links import SESSION_TTL, WebSession
 
 if TYPE_CHECKING:
-    from core.engine import Core
+    from core.platform import CorePort
 
 COOKIE = "mnemo_session"
 # Link-preview fetchers (chat apps unfurl URLs) must not use up a one-time link.
@@ -32,11 +32,11 @@ NOT_LOGGED_IN = (
 )
 
 
-async def session_of(core: Core, request: web.Request) -> WebSession | None:
-    return await find_session(core, request.cookies.get(COOKIE))
+async def session_of(core: CorePort, request: web.Request) -> WebSession | None:
+    return await core.web_logins.find_session(request.cookies.get(COOKIE))
 
 
-def guard_get(core: Core, handler: Page) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def guard_get(core: CorePort, handler: Page) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def route(request: web.Request) -> web.StreamResponse:
         session = await session_of(core, request)
         if session is None:
@@ -46,7 +46,7 @@ def guard_get(core: Core, handler: Page) -> Callable[[web.Request], Awaitable[we
     return route
 
 
-def guard_post(core: Core, handler: Form) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def guard_post(core: CorePort, handler: Form) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def route(request: web.Request) -> web.StreamResponse:
         session = await session_of(core, request)
         if session is None:
@@ -61,7 +61,7 @@ def guard_post(core: Core, handler: Form) -> Callable[[web.Request], Awaitable[w
     return route
 
 
-def login_route(core: Core, landing: Landing) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def login_route(core: CorePort, landing: Landing) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """`/login?token=…`: answers with the person's first page (chat, or their data) and moves
     the address on to it. Not a redirect: after a link opened from another site (a chat app),
     browsers send a SameSite=Strict cookie only on a navigation started by this site."""
@@ -71,7 +71,7 @@ def login_route(core: Core, landing: Landing) -> Callable[[web.Request], Awaitab
         agent = request.headers.get("User-Agent", "").lower()
         if any(bot in agent for bot in _PREVIEW_AGENTS):
             return page("Log in", "<h1>Mnemo</h1><p>Open this link in your browser to log in.</p>")
-        redeemed = await redeem_link(core, token) if token else None
+        redeemed = await core.web_logins.redeem(token) if token else None
         if redeemed is None:
             return error_page(
                 403, "Link not valid",
@@ -89,9 +89,9 @@ def login_route(core: Core, landing: Landing) -> Callable[[web.Request], Awaitab
     return login
 
 
-def logout_handler(core: Core) -> Form:
+def logout_handler(core: CorePort) -> Form:
     async def logout(request: web.Request, session: WebSession, form: Any) -> web.StreamResponse:
-        await end_session(core, session)
+        await core.web_logins.end_session(session)
         response = page("Logged out", "<h1>Logged out</h1><p>You can close this page.</p>")
         response.del_cookie(COOKIE, path="/")
         return response
@@ -99,7 +99,7 @@ def logout_handler(core: Core) -> Form:
     return logout
 
 
-async def readable_scope_keys(core: Core, session: WebSession) -> set[str]:
+async def readable_scope_keys(core: CorePort, session: WebSession) -> set[str]:
     """Scopes whose messages this session may open in context: the person's own DM scope, the
     groups they administer, and groups where they have said something themselves."""
     keys = {session.dm_scope.key}
@@ -110,7 +110,7 @@ async def readable_scope_keys(core: Core, session: WebSession) -> set[str]:
     return keys
 
 
-async def may_administer(core: Core, session: WebSession, conversation_key: str) -> bool:
+async def may_administer(core: CorePort, session: WebSession, conversation_key: str) -> bool:
     if conversation_key in session.admin_of or conversation_key == session.dm_conversation:
         return True
     # The local operator of `mnemo web` administers the web platform.

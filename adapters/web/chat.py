@@ -15,7 +15,7 @@ from core.render import shorten
 from core.web_links import WebSession
 
 if TYPE_CHECKING:
-    from core.engine import Core
+    from core.platform import CorePort
 
 HISTORY = 40  # messages shown on the chat page
 CONTEXT = 5  # neighbours shown on each side of a cited message
@@ -30,7 +30,7 @@ def source_href(memory_id: str) -> str:
     return f"/message/{memory_id}"
 
 
-async def chat_page(core: Core, session: WebSession, error: str | None = None, draft: str = "",
+async def chat_page(core: CorePort, session: WebSession, error: str | None = None, draft: str = "",
                     refresh_to: str | None = None) -> web.Response:
     key = f"web:{conversation_id(session)}"
     dashboard = core.dashboard
@@ -83,7 +83,7 @@ def _reply_item(reply: dict[str, Any], originals: dict[str, dict[str, Any]]) -> 
     )
 
 
-async def send_message(core: Core, session: WebSession, text: str) -> str | None:
+async def send_message(core: CorePort, session: WebSession, text: str) -> str | None:
     """Submit one chat message through the pipeline and wait (bounded) for its answer.
     Returns an error to show, or None."""
     if not text.strip():
@@ -99,7 +99,7 @@ async def send_message(core: Core, session: WebSession, text: str) -> str | None
     return None
 
 
-async def message_page(core: Core, session: WebSession, memory_id: str) -> web.Response:
+async def message_page(core: CorePort, session: WebSession, memory_id: str) -> web.Response:
     """The cited message among its neighbours, if this session may read its scope."""
     dashboard = core.dashboard
     readable = sorted(await readable_scope_keys(core, session))

@@ -21,8 +21,7 @@ from core.render import shorten
 from core.web_links import WebSession
 
 if TYPE_CHECKING:
-    from core.engine import Core
-    from core.platform import Platform
+    from core.platform import CorePort, Platform
 
 PAGE_SIZE = 20
 MAX_FORGET = 200  # ids in one request
@@ -37,12 +36,12 @@ def as_message(session: WebSession, text: str) -> Message:
     )
 
 
-async def run_command(core: Core, platform: Platform, session: WebSession, name: str, args: str = "") -> Reply:
+async def run_command(core: CorePort, platform: Platform, session: WebSession, name: str, args: str = "") -> Reply:
     text = f"/{name} {args}".strip()
-    return await commands.run(core, as_message(session, text), platform, commands.Command(name, args))
+    return await core.run_command(as_message(session, text), platform, name, args)
 
 
-async def people_page(core: Core, session: WebSession, query: dict[str, str], message: str | None = None,
+async def people_page(core: CorePort, session: WebSession, query: dict[str, str], message: str | None = None,
                       error: bool = False, refresh_to: str | None = None) -> web.Response:
     q = query.get("q", "").strip()[:200]
     page_no = int(query["page"]) if query.get("page", "").isdigit() and int(query["page"]) > 0 else 1
@@ -61,7 +60,7 @@ async def people_page(core: Core, session: WebSession, query: dict[str, str], me
     return page("My data", body, session, current="/me", script=True, refresh_to=refresh_to)
 
 
-async def _facts(core: Core, session: WebSession, q: str) -> list[dict[str, Any]]:
+async def _facts(core: CorePort, session: WebSession, q: str) -> list[dict[str, Any]]:
     """Facts about this person (the learning issue's `facts` schema); none until it runs.
     Only from scopes they may read: what someone said about them in their own DM stays there."""
     dashboard = core.dashboard
@@ -138,7 +137,7 @@ def _data_section(session: WebSession, opted_out: bool) -> str:
 <button type="submit" class="danger">Forget all</button></form></section>"""
 
 
-async def forget(core: Core, platform: Platform, session: WebSession, form: Any) -> tuple[str, bool]:
+async def forget(core: CorePort, platform: Platform, session: WebSession, form: Any) -> tuple[str, bool]:
     ids = [i.strip() for i in form.getall("id", []) if isinstance(i, str) and i.strip()][:MAX_FORGET]
     if not ids:
         return "Select what to forget first.", True
