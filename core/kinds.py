@@ -12,6 +12,7 @@ question word, a request to tell or show): cheap, predictable, and the same for 
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any
 
 TOLD = "told"
@@ -53,15 +54,20 @@ def visible(text: str) -> str:
 
 
 GREETING = "Hi! Tell me things and I'll remember them, or ask me about what you told me."
-_THANKS = {"thanks", "thank", "thx", "ty", "cheers"}
-_HELLO = {"hi", "hello", "hey", "yo", "morning", "evening"}
+# Also the greetings and thanks people type in other languages ("Olá!", "merci beaucoup"),
+# compared with accents folded ("olá" -> "ola", "dziękuję" -> "dziekuje").
+_THANKS = {"thanks", "thank", "thx", "ty", "cheers", "merci", "gracias", "danke", "obrigado", "obrigada",
+           "grazie", "tack", "takk", "bedankt", "dziekuje"}
+_HELLO = {"hi", "hello", "hey", "yo", "morning", "evening", "hola", "ola", "bonjour", "salut", "hallo", "ciao",
+          "hej", "moin", "servus", "namaste", "buenos", "bom", "guten", "buongiorno"}
+_SOCIAL |= _THANKS | _HELLO | {"beaucoup", "muchas", "muito", "vielen", "mille", "dank", "dia", "dias", "tag"}
 
 
 def small_talk_reply(text: str) -> str | None:
     """A line that tells nothing ("thanks!", "hi", "👍") gets a friendly word back and is not
     a memory (it would only crowd out what was said). None when `text` says something."""
     text = strip_mentions(visible(text))
-    words = [w.lower() for w in _WORD.findall(text.replace("’", "'"))]
+    words = _folded_words(text)
     if any(c.isdigit() for c in text) or not all(w in _SOCIAL for w in words):
         return None
     if any(w in _THANKS for w in words):
@@ -69,6 +75,12 @@ def small_talk_reply(text: str) -> str | None:
     if any(w in _HELLO for w in words) or "👋" in text:
         return GREETING
     return "👍"
+
+
+def _folded_words(text: str) -> list[str]:
+    """Lower-cased words without accents: "Olá, obrigada" -> ["ola", "obrigada"]."""
+    folded = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    return [w.lower() for w in _WORD.findall(folded.replace("’", "'"))]
 
 
 def strip_mentions(text: str) -> str:
@@ -93,7 +105,7 @@ def is_question(text: str, *, searches: bool = True) -> bool:
 def _looks_like_a_search(text: str) -> bool:
     """One to three words, no digits or punctuation, not a greeting: "locker code", "Ana's
     birthday". ("standup at 10", "I moved", "thanks!", "List: milk, eggs" tell.)"""
-    words = [w.lower() for w in _WORD.findall(text.replace("’", "'"))]
+    words = _folded_words(text)
     if not 1 <= len(words) <= 3 or text.endswith((".", "!")) or any(c.isdigit() or c in ":;," for c in text):
         return False
     return words[0] not in _FIRST_PERSON and not all(w in _SOCIAL for w in words)

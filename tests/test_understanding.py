@@ -113,10 +113,12 @@ def test_an_unknown_command_is_refused_and_never_remembered(base_env: dict[str, 
 
 
 def test_blank_console_lines_are_ignored_and_an_empty_mention_gets_a_clear_reply(base_env: dict[str, str]) -> None:
-    dm = run_chat(["", "   ", "\u200b", "👋", "thanks!", "/memory"], base_env, "--user", "dana")
+    dm = run_chat(["", "   ", "\u200b", "👋", "thanks!", "Olá!", "merci beaucoup", "/memory"], base_env, "--user", "dana")
     assert dm.returncode == 0, dm.stderr
-    # blank lines get nothing; small talk a friendly word, and it is no memory
-    assert replies(dm.stdout) == [GREETING, "You're welcome!", "I don't remember anything from you."], dm.stdout
+    # blank lines get nothing; small talk (in other languages too) a friendly word, and it is no memory
+    assert replies(dm.stdout) == [
+        GREETING, "You're welcome!", GREETING, "You're welcome!", "I don't remember anything from you."
+    ], dm.stdout
     group = run_chat(["@mnemo", ""], base_env, "--user", "dana", "--channel", "ops")
     assert replies(group.stdout) == ["Your message was empty. Send me some text, a voice note or an image."]
 
@@ -178,7 +180,8 @@ def test_question_shapes() -> None:
             "¿Dónde está la llave?", "list my notes", "wifi password", "Ana's birthday"]
     tells = ["Remember this: my locker code is 4817", "remind me that the plumber comes on Friday",
              "Have a great weekend", "note: standup moved to 10", "The deploy window is Thursday",
-             "List: milk, eggs", "👋", "thanks!", "ok thank you", "standup at 10", "I moved"]
+             "List: milk, eggs", "👋", "thanks!", "ok thank you", "standup at 10", "I moved",
+             "Olá!", "merci beaucoup", "Buenos días"]
     assert [q for q in asks if not is_question(q)] == []
     assert [t for t in tells if is_question(t)] == []
 
