@@ -101,6 +101,8 @@ class HttpServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
+        bound = self._runner.addresses
+        self.port = int(bound[0][1]) if bound else self.port  # port 0: the one the system chose
         log.info("HTTP server on %s:%s", self.host, self.port)
 
     async def stop(self) -> None:

@@ -103,6 +103,8 @@ def test_run_with_platforms_unreachable_retries_each_and_stops_at_once_on_sigter
     assert took < 15, f"{took:.1f} s after SIGTERM"
     assert len(lines) < 40, f"{len(lines)} lines: {''.join(lines[-5:])}"
     assert "Session is closed" not in "".join(lines) and "Traceback" not in "".join(lines)
+    # each attempt says what is wrong: the server named by TELEGRAM_API_BASE cannot be reached
+    assert any(f"Bot API cannot be reached at http://127.0.0.1:{port}" in line for line in lines), lines
     for platform in ("Telegram: getMe failed", "discord: cannot reach"):
         pauses = [float(m) for line in lines if platform in line for m in re.findall(r"retrying in ([\d.]+)s", line)]
         assert pauses[0] <= 1.0 < max(pauses), pauses  # backoff: jittered, growing from 1 s

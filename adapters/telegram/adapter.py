@@ -87,7 +87,7 @@ class TelegramAdapter:
         self._stopping = asyncio.Event()
         self._receiving = False  # run() is between start and return
         self.receiver = Receiver(core, self.bot, self._stopping, self._migrate,
-                                 webhook_secret=webhook_secret, poll_timeout_s=poll_timeout_s)
+                                 webhook_secret=webhook_secret, poll_timeout_s=poll_timeout_s, api_base=api_base)
 
     @property
     def me(self) -> BotIdentity | None:
@@ -154,7 +154,8 @@ class TelegramAdapter:
         per attempt, until stop_intake()."""
         try:
             return await retry(lambda: until_stopped(self.bot.get_me(), self._stopping), what="Telegram: getMe failed",
-                               logger=log, stopping=self._stopping, transient=_reachable_failure)
+                               logger=log, stopping=self._stopping, transient=_reachable_failure,
+                               explain=self.receiver.explain)
         except TelegramUnauthorizedError as exc:
             raise FatalPlatformError(
                 "TELEGRAM_BOT_TOKEN was rejected by Telegram (401 Unauthorized): copy the token from "
@@ -168,7 +169,7 @@ class TelegramAdapter:
             await retry(
                 lambda: self.bot.set_webhook(url, secret_token=self.webhook_secret, allowed_updates=ALLOWED_UPDATES,
                                              drop_pending_updates=False),
-                what="Telegram: setWebhook failed", logger=log, stopping=self._stopping,
+                what="Telegram: setWebhook failed", logger=log, stopping=self._stopping, explain=self.receiver.explain,
                 transient=lambda exc: _reachable_failure(exc) and not isinstance(exc, TelegramBadRequest),
             )
         except TelegramBadRequest as exc:

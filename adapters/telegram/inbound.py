@@ -17,7 +17,12 @@ from io import BytesIO
 from pathlib import Path
 
 from aiogram import Bot
-from aiogram.exceptions import TelegramAPIError, TelegramConflictError, TelegramUnauthorizedError
+from aiogram.exceptions import (
+    TelegramAPIError,
+    TelegramConflictError,
+    TelegramNetworkError,
+    TelegramUnauthorizedError,
+)
 from aiogram.types import Message as TgMessage
 from aiogram.types import MessageEntity, Update
 from aiohttp import web
@@ -58,7 +63,7 @@ class Receiver:
 
     def __init__(
         self, core: CorePort, bot: Bot, stopping: asyncio.Event, migrate: Callable[[int, int], Awaitable[None]],
-        *, webhook_secret: str | None, poll_timeout_s: int,
+        *, webhook_secret: str | None, poll_timeout_s: int, api_base: str | None = None,
     ) -> None:
         self.core = core
         self.bot = bot
@@ -66,6 +71,7 @@ class Receiver:
         self.migrate = migrate
         self.webhook_secret = webhook_secret
         self.poll_timeout_s = poll_timeout_s
+        self.explain = failure_explainer(api_base)
         self.me: BotIdentity | None = None
         self._seen_updates: OrderedDict[int, None] = OrderedDict()
 
@@ -82,7 +88,7 @@ class Receiver:
                     what="Telegram: getUpdates failed", logger=log, stopping=self.stopping,
                     transient=lambda exc: isinstance(exc, TelegramAPIError)
                     and not isinstance(exc, TelegramUnauthorizedError),
-                    explain=_explain_poll_failure,
+                    explain=self.explain,
                 )
             except Stopped:
                 return
@@ -172,10 +178,18 @@ class Receiver:
         return buffer.getvalue()
 
 
-def _explain_poll_failure(exc: BaseException) -> str:
-    if isinstance(exc, TelegramConflictError):
-        return "another process is receiving this bot's updates (a second `mnemo run`?)"
-    return type(exc).__name__
+def failure_explainer(api_base: str | None) -> Callable[[BaseException], str]:
+    """What a retried Bot API failure means, for the log line of each attempt."""
+    where = api_base or "https://api.telegram.org (set TELEGRAM_API_BASE for another server)"
+
+    def explain(exc: BaseException) -> str:
+        if isinstance(exc, TelegramConflictError):
+            return "another process is receiving this bot's updates (a second `mnemo run`?)"
+        if isinstance(exc, TelegramNetworkError):
+            return f"Telegram's Bot API cannot be reached at {where}: TelegramNetworkError"
+        return type(exc).__name__
+
+    return explain
 
 
 def to_core_message(tg: TgMessage, me: BotIdentity, download: Downloader, *, edited: bool = False) -> Message | None:
