@@ -238,3 +238,22 @@ async def test_a_reply_is_retried_only_after_transient_send_errors(make_core: An
     await core.handle(msg("my car is the blue one", mid="t2"))
     assert broken.attempts == 1 and broken.sent == []
     assert (await core.store.get_message("test:dm-u1:t2"))["state"] == "failed"
+
+
+async def test_a_question_after_days_of_silence_is_not_read_as_part_of_the_old_exchange(
+    make_core: Any, fake_llm: FakeLLM
+) -> None:
+    """The conversation the model is shown is the recent exchange (the last 3 days): yesterday's
+    turns are there, last week's are not (they can still be recalled as sources)."""
+    core = await make_core(model="openai/fake-model", llm_api_base=fake_llm.api_base, llm_api_key="sk-test")
+    core.register(RecordingPlatform())
+    now = utcnow()
+    await core.ingest_history([
+        (msg("We are repainting the kitchen green this weekend.", mid="old", ts=now - timedelta(days=5)), []),
+        (msg("The offsite moved to Porto.", mid="new", ts=now - timedelta(days=1)), []),
+    ])
+    await core.handle(msg("and why is that?", mid="q1", ts=now))
+    prompt = str(fake_llm.answer_requests()[-1]["messages"][-1]["content"])
+    recent = prompt.split("Recent conversation (oldest first):\n")[1].split("\n\n")[0]
+    assert "offsite moved to Porto" in recent, prompt
+    assert "kitchen" not in recent, prompt
