@@ -93,6 +93,10 @@ def unknown(command: Command) -> Reply:
     return Reply(text, is_error=True)
 
 
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """"1 message", "2 messages"."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
 async def run(core: Services, message: Message, platform: Platform, command: Command) -> Reply:
     if command.name in PERSONAL and speaks_as_conversation(message):
         return Reply(ANONYMOUS, is_error=True)
@@ -138,7 +142,7 @@ async def _memory(core: Services, message: Message, platform: Platform, args: st
         empty = "I don't remember anything from you." if page == 1 else f"No page {page}."
         return Reply(empty, private=True)
     pages = (total + PAGE_SIZE - 1) // PAGE_SIZE
-    lines = [f"What I remember from you ({total} messages, page {page}/{pages}, newest first):"]
+    lines = [f"What I remember from you ({counted(total, 'message')}, page {page}/{pages}, newest first):"]
     for doc in docs:
         content = doc["text"] or doc.get("media_text") or _attachment_label(doc)
         where = "DM" if doc["is_dm"] else f"group {doc['conversation_id']}"
@@ -193,10 +197,11 @@ async def _forget(core: Services, message: Message, platform: Platform, args: st
                                replies_of=message.user_key)
             if facts_deletion is not None:
                 await finish_deletion(core, facts_deletion)
-            learned = f" and {len(facts)} learned facts" if facts else ""
+            learned = f" and {counted(len(facts), 'learned fact')}" if facts else ""
             exports = await asyncio.to_thread(_delete_earlier_exports, core, message)
-            also = f" and deleted {exports} earlier export file{'s' if exports != 1 else ''}" if exports else ""
-            return Reply(f"Done: I forgot everything from you ({count} messages{learned}){also}.", private=True)
+            also = f" and deleted {counted(exports, 'earlier export file')}" if exports else ""
+            return Reply(f"Done: I forgot everything from you ({counted(count, 'message')}{learned}){also}.",
+                         private=True)
         if await forget_fact(core, message, target):
             return Reply(f"Done: I forgot {target}.", private=True)
         count = await delete_where(core, {"author_key": message.user_key, "_id": target})
@@ -232,7 +237,8 @@ async def _export(core: Services, message: Message, platform: Platform, args: st
     data = json.dumps(_iso_times(payload), ensure_ascii=False, indent=2, default=str).encode()
     name = f"{export_file_prefix(message)}{now:%Y%m%dT%H%M%SZ}.json"
     return Reply(
-        f"Your data: {len(messages)} messages, {len(replies)} replies and {len(facts)} learned facts.",
+        f"Your data: {counted(len(messages), 'message')}, {counted(len(replies), 'reply', 'replies')} and "
+        f"{counted(len(facts), 'learned fact')}.",
         private=True,
         file=ReplyFile(name, data),
     )

@@ -37,6 +37,8 @@ def test_a_statement_is_acknowledged_in_one_line_without_footnotes(base_env: dic
     result = run_chat(["My locker code is 4817."], base_env, "--user", "alice")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "Got it, I'll remember that."
+    listing = run_chat(["/memory"], base_env, "--user", "alice").stdout
+    assert "What I remember from you (1 message, page 1/1" in listing, listing
 
 
 def test_with_a_model_a_statement_gets_the_models_short_reply_told_it_is_a_statement(
