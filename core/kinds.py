@@ -40,10 +40,19 @@ _SUBJECT = {"i", "you", "he", "she", "it", "we", "they", "there", "this", "that"
 _REQUEST = {"tell", "show", "list", "give", "find", "search", "recall", "explain", "summarize", "summarise",
             "describe", "name", "quote"}
 _FIRST_PERSON = {"i", "i'm", "im", "i've", "i'll", "i'd", "we", "we're", "we've", "we'll"}
-_SOCIAL = {"hi", "hello", "hey", "yo", "thanks", "thank", "thx", "ty", "you", "ok", "okay", "cool", "great", "nice",
-           "good", "morning", "evening", "night", "bye", "cheers", "yes", "yeah", "no", "nope", "sure", "lol", "wow",
-           "awesome", "perfect", "done", "noted", "got", "it", "welcome", "sorry", "please", "mnemo", "so", "much",
-           "very", "a", "lot", "all", "again"}
+# Greetings and thanks, also as people type them in other languages ("Olá!", "merci beaucoup"),
+# compared with accents folded ("olá" -> "ola", "dziękuję" -> "dziekuje").
+_THANKS = {"thanks", "thank", "thx", "ty", "cheers", "merci", "gracias", "danke", "obrigado", "obrigada",
+           "grazie", "tack", "takk", "bedankt", "dziekuje"}
+_HELLO = {"hi", "hello", "hey", "yo", "morning", "evening", "hola", "ola", "bonjour", "salut", "hallo", "ciao",
+          "hej", "moin", "servus", "namaste", "buenos", "bom", "guten", "buongiorno"}
+# Words of a line that tells nothing: greetings, thanks and what goes with them.
+_SOCIAL = _THANKS | _HELLO | {
+    "you", "ok", "okay", "cool", "great", "nice", "good", "night", "bye", "yes", "yeah", "no", "nope", "sure",
+    "lol", "wow", "awesome", "perfect", "done", "noted", "got", "it", "welcome", "sorry", "please", "mnemo", "so",
+    "much", "very", "a", "lot", "all", "again",
+    "beaucoup", "muchas", "muito", "vielen", "mille", "dank", "dia", "dias", "tag",
+}
 _FILLER = {"hey", "hi", "hello", "ok", "okay", "so", "and", "but", "please", "pls", "mnemo", "well", "um",
            "also", "then", "quick", "question"}
 
@@ -54,13 +63,6 @@ def visible(text: str) -> str:
 
 
 GREETING = "Hi! Tell me things and I'll remember them, or ask me about what you told me."
-# Also the greetings and thanks people type in other languages ("Olá!", "merci beaucoup"),
-# compared with accents folded ("olá" -> "ola", "dziękuję" -> "dziekuje").
-_THANKS = {"thanks", "thank", "thx", "ty", "cheers", "merci", "gracias", "danke", "obrigado", "obrigada",
-           "grazie", "tack", "takk", "bedankt", "dziekuje"}
-_HELLO = {"hi", "hello", "hey", "yo", "morning", "evening", "hola", "ola", "bonjour", "salut", "hallo", "ciao",
-          "hej", "moin", "servus", "namaste", "buenos", "bom", "guten", "buongiorno"}
-_SOCIAL |= _THANKS | _HELLO | {"beaucoup", "muchas", "muito", "vielen", "mille", "dank", "dia", "dias", "tag"}
 
 
 def small_talk_reply(text: str) -> str | None:

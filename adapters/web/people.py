@@ -150,7 +150,7 @@ async def forget(core: CorePort, platform: Platform, session: WebSession, form: 
         elif reply.is_error:
             failed.append(memory_id)
     done = len(ids) - len(failed) - len(unfinished)
-    text = f"Forgot {done} item{'s' if done != 1 else ''}."
+    text = f"Forgot {commands.counted(done, 'item')}."
     if unfinished:
         text += f" {commands.FORGET_LATER} Not finished yet: {', '.join(unfinished)}."
     if failed:
